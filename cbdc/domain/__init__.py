@@ -1,0 +1,1 @@
+"""The pure domain core: money, errors, postings, tiers, signing. Imports no SQLAlchemy or FastAPI."""

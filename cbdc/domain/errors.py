@@ -1,0 +1,154 @@
+"""The one error tree of cbdc.
+
+Every error a caller can provoke is a :class:`CbdcError` with a stable snake_case ``code`` (part of
+the public contract: clients switch on it) and an HTTP ``status`` that ``api/`` alone turns into an
+RFC 9457 problem document. Our own bugs are ``AssertionError``; they never reach a caller as a
+domain error.
+
+::
+
+    CbdcError
+    ├── InvalidRequest (400)            bad shape or value in a command
+    │   ├── InvalidAmount               amount_invalid
+    │   ├── InvalidPostings             postings_invalid
+    │   ├── InvalidPlan                 plan_invalid
+    │   └── InvalidKey                  public_key_invalid
+    ├── AuthenticationFailed (401)      unauthenticated
+    ├── Forbidden (403)                 forbidden
+    ├── NotFound (404)                  *_not_found
+    ├── Conflict (409)                  the request clashes with what is recorded
+    │   ├── EntryConflict               entry_conflict (same id, other content)
+    │   ├── AlreadyExists               *_exists
+    │   └── IdempotencyInFlight         idempotency_in_flight
+    ├── Refused (422)                   well-formed, but the ledger's rules say no
+    │   ├── InsufficientFunds           insufficient_funds
+    │   ├── QuotaExceeded               quota_exceeded
+    │   ├── LimitExceeded               *_limit_exceeded
+    │   ├── InvalidSignature            signature_invalid
+    │   └── StatusRefused               *_inactive, *_expired, ...
+    └── SchemaOutOfDate (503)           schema_out_of_date
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class CbdcError(Exception):
+    """Root of every error a caller can cause. ``code`` is stable; ``detail`` is for humans."""
+
+    code: ClassVar[str] = "cbdc_error"
+    status: ClassVar[int] = 400
+    title: ClassVar[str] = "Request failed"
+
+    def __init__(self, detail: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        if code is not None:
+            self.code = code  # type: ignore[misc]  # a subclass instance may refine its code
+        self.extra: dict[str, Any] = extra
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.detail}"
+
+
+class InvalidRequest(CbdcError):
+    code = "invalid_request"
+    status = 400
+    title = "Invalid request"
+
+
+class InvalidAmount(InvalidRequest):
+    code = "amount_invalid"
+    title = "Invalid amount"
+
+
+class InvalidPostings(InvalidRequest):
+    code = "postings_invalid"
+    title = "Invalid postings"
+
+
+class InvalidPlan(InvalidRequest):
+    code = "plan_invalid"
+    title = "Invalid issuance plan"
+
+
+class InvalidKey(InvalidRequest):
+    code = "public_key_invalid"
+    title = "Invalid public key"
+
+
+class AuthenticationFailed(CbdcError):
+    code = "unauthenticated"
+    status = 401
+    title = "Authentication required"
+
+
+class Forbidden(CbdcError):
+    code = "forbidden"
+    status = 403
+    title = "Forbidden"
+
+
+class NotFound(CbdcError):
+    code = "not_found"
+    status = 404
+    title = "Not found"
+
+
+class Conflict(CbdcError):
+    code = "conflict"
+    status = 409
+    title = "Conflict"
+
+
+class EntryConflict(Conflict):
+    code = "entry_conflict"
+    title = "Same id, different content"
+
+
+class AlreadyExists(Conflict):
+    code = "already_exists"
+    title = "Already exists"
+
+
+class IdempotencyInFlight(Conflict):
+    code = "idempotency_in_flight"
+    title = "A request with this idempotency key is in flight"
+
+
+class Refused(CbdcError):
+    code = "refused"
+    status = 422
+    title = "Refused by the ledger's rules"
+
+
+class InsufficientFunds(Refused):
+    code = "insufficient_funds"
+    title = "Insufficient funds"
+
+
+class QuotaExceeded(Refused):
+    code = "quota_exceeded"
+    title = "Issuance quota exceeded"
+
+
+class LimitExceeded(Refused):
+    code = "limit_exceeded"
+    title = "Wallet limit exceeded"
+
+
+class InvalidSignature(Refused):
+    code = "signature_invalid"
+    title = "Invalid signature"
+
+
+class StatusRefused(Refused):
+    code = "status_refused"
+    title = "Refused in the current status"
+
+
+class SchemaOutOfDate(CbdcError):
+    code = "schema_out_of_date"
+    status = 503
+    title = "Database schema is behind the code"

@@ -1,0 +1,159 @@
+"""What a journal entry must satisfy, and how it is hashed into the chain.
+
+A journal entry is a caller-identified, timestamped set of postings that sum to zero: every
+movement of money debits one account and credits another in the same entry. Entries are chained:
+``entry_hash = sha256(prev_hash || canonical_json(fields))``, so changing, removing or reordering
+any entry breaks every hash after it (see ``docs/architecture.md``).
+
+The canonical JSON used here is the ledger's own internal format (sorted keys, no whitespace,
+ASCII only, integers only); it never leaves the ledger, so it needs no external standard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cbdc.domain.errors import InvalidPostings
+from cbdc.domain.money import AMOUNT_FEN_MAX
+
+#: The ``prev_hash`` of the first entry in the chain.
+GENESIS_HASH = "0" * 64
+ENTRY_ID_LENGTH_MAX = 128
+KIND_LENGTH_MAX = 32
+
+
+@dataclass(frozen=True, slots=True)
+class Posting:
+    """One leg of an entry: ``amount_fen`` > 0 credits the account, < 0 debits it."""
+
+    account_id: int
+    amount_fen: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntryDraft:
+    """An entry as a service asks for it, before the ledger gives it a place in the chain."""
+
+    entry_id: str
+    kind: str
+    postings: tuple[Posting, ...]
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+    def content_hash(self) -> str:
+        """Hash of what the caller asked for: the idempotency fingerprint of ``entry_id``."""
+        return sha256_hex(
+            canonical_json(
+                {
+                    "kind": self.kind,
+                    "metadata": dict(self.metadata),
+                    "postings": posting_pairs(self.postings),
+                }
+            )
+        )
+
+
+def posting_pairs(postings: Sequence[Posting]) -> list[list[int]]:
+    return [[p.account_id, p.amount_fen] for p in postings]
+
+
+def canonical_json(value: Any) -> bytes:
+    """Deterministic JSON bytes; refuses floats so money can never be hashed as one."""
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
+        default=_refuse,
+    ).encode("ascii")
+
+
+def _refuse(value: object) -> object:
+    raise TypeError(f"not canonical JSON: {type(value).__name__}")
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def format_timestamp(moment: datetime) -> str:
+    """UTC, microsecond precision, ``Z`` suffix: the one textual form of a ledger time."""
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def entry_hash(
+    *,
+    prev_hash: str,
+    seq: int,
+    entry_id: str,
+    kind: str,
+    created_at: datetime,
+    metadata: Mapping[str, Any],
+    postings: Sequence[Posting],
+) -> str:
+    """The chain hash of one entry: ``sha256(prev_hash || canonical fields)`` as hex."""
+    fields = canonical_json(
+        {
+            "created_at": format_timestamp(created_at),
+            "entry_id": entry_id,
+            "kind": kind,
+            "metadata": dict(metadata),
+            "postings": posting_pairs(postings),
+            "seq": seq,
+        }
+    )
+    return sha256_hex(bytes.fromhex(prev_hash) + fields)
+
+
+def validate_draft(draft: EntryDraft) -> None:
+    """Raise InvalidPostings unless ``draft`` is a well-formed double-entry journal entry."""
+    if not draft.entry_id or len(draft.entry_id) > ENTRY_ID_LENGTH_MAX:
+        raise InvalidPostings(f"entry id must be 1-{ENTRY_ID_LENGTH_MAX} characters")
+    if not draft.kind or len(draft.kind) > KIND_LENGTH_MAX:
+        raise InvalidPostings(f"entry kind must be 1-{KIND_LENGTH_MAX} characters")
+    if len(draft.postings) < 2:
+        raise InvalidPostings(f"entry {draft.entry_id} needs at least two postings")
+    seen: set[int] = set()
+    total = 0
+    for posting in draft.postings:
+        amount = posting.amount_fen
+        if isinstance(amount, bool) or not isinstance(amount, int):
+            raise InvalidPostings(f"entry {draft.entry_id}: amounts must be integer fen")
+        if amount == 0 or abs(amount) > AMOUNT_FEN_MAX:
+            raise InvalidPostings(f"entry {draft.entry_id}: posting amount {amount} out of range")
+        if posting.account_id in seen:
+            raise InvalidPostings(
+                f"entry {draft.entry_id}: account {posting.account_id} posted twice"
+            )
+        seen.add(posting.account_id)
+        total += amount
+    if total != 0:
+        raise InvalidPostings(f"entry {draft.entry_id}: postings sum to {total}, not zero")
+    try:
+        canonical_json(dict(draft.metadata))
+    except (TypeError, ValueError) as exc:
+        raise InvalidPostings(f"entry {draft.entry_id}: metadata is not plain JSON") from exc
+
+
+def transfer(
+    entry_id: str,
+    kind: str,
+    *,
+    debit_account_id: int,
+    credit_account_id: int,
+    amount_fen: int,
+    metadata: Mapping[str, Any] | None = None,
+) -> EntryDraft:
+    """The common two-posting entry: move ``amount_fen`` from one account to another."""
+    return EntryDraft(
+        entry_id=entry_id,
+        kind=kind,
+        postings=(
+            Posting(debit_account_id, -amount_fen),
+            Posting(credit_account_id, amount_fen),
+        ),
+        metadata=dict(metadata or {}),
+    )

@@ -1,0 +1,86 @@
+"""Canonical signed messages: RFC 8785 (JCS) JSON, domain tags, Ed25519 (PyNaCl).
+
+The bytes a party signs are ``domain_tag (ASCII) || 0x00 || JCS(message)``, and ``message``
+carries the same tag in its ``domain`` field, so a signature made for one kind of message can
+never be replayed as another. docs/protocol.md is the normative description.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import nacl.bindings
+import nacl.exceptions
+import nacl.signing
+import rfc8785
+
+from cbdc.domain.errors import InvalidKey, InvalidRequest, InvalidSignature
+
+PUBLIC_KEY_BYTES = 32
+SIGNATURE_BYTES = 64
+DOMAIN_PREFIX = "cbdc/v1/"
+
+
+def canonical(message: Mapping[str, Any]) -> bytes:
+    """RFC 8785 canonical JSON. Floats are refused: every number in a signed message is an int."""
+    _refuse_floats(message)
+    try:
+        return bytes(rfc8785.dumps(dict(message)))
+    except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
+        raise InvalidRequest(f"message is not canonical JSON: {exc}", code="message_invalid") from exc
+
+
+def _refuse_floats(value: Any) -> None:
+    if isinstance(value, float):
+        raise InvalidRequest("signed messages carry no floats", code="message_invalid")
+    if isinstance(value, Mapping):
+        for item in value.values():
+            _refuse_floats(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _refuse_floats(item)
+
+
+def signed_bytes(domain: str, message: Mapping[str, Any]) -> bytes:
+    """Exactly the bytes that are signed for ``message`` under ``domain``."""
+    if not domain.startswith(DOMAIN_PREFIX) or not domain.isascii():
+        raise InvalidRequest(f"unknown domain tag {domain!r}", code="domain_invalid")
+    if message.get("domain") != domain:
+        raise InvalidRequest(
+            f"message domain {message.get('domain')!r} does not match {domain!r}",
+            code="domain_invalid",
+        )
+    return domain.encode("ascii") + b"\x00" + canonical(message)
+
+
+def check_public_key(public_key: bytes) -> bytes:
+    """Refuse keys that are not 32 bytes, not canonical encodings, or of small order."""
+    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_BYTES:
+        raise InvalidKey("an Ed25519 public key is 32 bytes")
+    if not nacl.bindings.crypto_core_ed25519_is_valid_point(public_key):
+        raise InvalidKey("public key is not a canonical point of prime order")
+    return public_key
+
+
+def sign(signing_key: nacl.signing.SigningKey, domain: str, message: Mapping[str, Any]) -> bytes:
+    return bytes(signing_key.sign(signed_bytes(domain, message)).signature)
+
+
+def verify(public_key: bytes, domain: str, message: Mapping[str, Any], signature: bytes) -> None:
+    """Raise InvalidSignature unless ``signature`` is ``public_key``'s over ``message``."""
+    if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
+        raise InvalidSignature("an Ed25519 signature is 64 bytes")
+    try:
+        nacl.signing.VerifyKey(public_key).verify(signed_bytes(domain, message), signature)
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError) as exc:
+        raise InvalidSignature("signature does not verify") from exc
+
+
+def verify_raw(public_key: bytes, data: bytes, signature: bytes) -> bool:
+    """Plain Ed25519 verification of bytes (for RFC 8032 vectors and benchmarks)."""
+    try:
+        nacl.signing.VerifyKey(public_key).verify(data, signature)
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
+        return False
+    return True

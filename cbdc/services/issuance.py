@@ -1,0 +1,314 @@
+"""Two-tier issuance: the central bank issues e-CNY to operators against their reserves, within
+a quota it sets per operator; operators redeem e-CNY back (burned, reserve released).
+
+Accounting (see docs/architecture.md, "The books"):
+
+=====================  ==========================  ===========================
+operation              debit                       credit
+=====================  ==========================  ===========================
+reserve deposit        cb:issuance                 op:CODE:reserve
+issuance               op:CODE:reserve             op:CODE:float
+redemption             op:CODE:float               op:CODE:reserve
+reserve withdrawal     op:CODE:reserve             cb:issuance
+=====================  ==========================  ===========================
+
+So ``-balance(cb:issuance)`` is all central-bank money in the ledger (reserves plus e-CNY), and
+e-CNY in circulation (issued minus redeemed, kept per operator) always equals the sum of floats,
+wallets and escrows: the audit checks both.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import Connection, insert, select, update
+
+from cbdc.domain.errors import (
+    AlreadyExists,
+    InvalidRequest,
+    NotFound,
+    QuotaExceeded,
+)
+from cbdc.domain.money import check_amount, format_yuan
+from cbdc.domain.postings import transfer
+from cbdc.services.context import (
+    CENTRAL_BANK_CODE,
+    ISSUANCE_ACCOUNT_CODE,
+    LedgerContext,
+    float_account_code,
+    reserve_account_code,
+)
+from cbdc.storage.journal import PostedEntry, post_entry, recorded_entry
+from cbdc.storage.tables import accounts, institutions
+
+OPERATOR_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,31}$")
+
+
+@dataclass(frozen=True, slots=True)
+class Operator:
+    id: int
+    code: str
+    name: str
+    quota_fen: int
+    issued_fen: int
+    redeemed_fen: int
+    reserve_account_id: int
+    float_account_id: int
+
+    @property
+    def outstanding_fen(self) -> int:
+        return self.issued_fen - self.redeemed_fen
+
+
+def check_operator_code(code: str) -> str:
+    if not isinstance(code, str) or not OPERATOR_CODE.match(code) or code == CENTRAL_BANK_CODE:
+        raise InvalidRequest(
+            f"operator code must be 2-32 letters, digits, '-' or '_': {code!r}",
+            code="operator_code_invalid",
+        )
+    return code
+
+
+def create_operator(
+    context: LedgerContext, code: str, name: str, *, quota_fen: int = 0
+) -> Operator:
+    """Register an authorised operator with its reserve and float accounts.
+
+    Idempotent: creating an operator that exists with the same name returns it."""
+    check_operator_code(code)
+    if not name or len(name) > 200:
+        raise InvalidRequest("operator name must be 1-200 characters", code="name_invalid")
+    if quota_fen:
+        check_amount(quota_fen)
+    with context.write() as connection:
+        existing = _find_operator(connection, code)
+        if existing is not None:
+            if existing.name != name:
+                raise AlreadyExists(
+                    f"operator {code} exists with another name", code="operator_exists"
+                )
+            return existing
+        now = context.now()
+        institution_id = connection.execute(
+            insert(institutions).values(
+                code=code, name=name, kind="operator", quota_fen=quota_fen, created_at=now
+            )
+        ).inserted_primary_key[0]
+        connection.execute(
+            insert(accounts),
+            [
+                {"code": reserve_account_code(code), "kind": "reserve",
+                 "institution_id": institution_id, "created_at": now},
+                {"code": float_account_code(code), "kind": "float",
+                 "institution_id": institution_id, "created_at": now},
+            ],
+        )
+        operator = _find_operator(connection, code)
+        assert operator is not None
+        return operator
+
+
+def get_operator(connection: Connection, code: str, *, lock: bool = False) -> Operator:
+    operator = _find_operator(connection, code, lock=lock)
+    if operator is None:
+        raise NotFound(f"no operator {code!r}", code="operator_not_found")
+    return operator
+
+
+def list_operators(context: LedgerContext) -> list[Operator]:
+    with context.read() as connection:
+        codes = connection.execute(
+            select(institutions.c.code)
+            .where(institutions.c.kind == "operator")
+            .order_by(institutions.c.code)
+        ).scalars().all()
+        return [get_operator(connection, code) for code in codes]
+
+
+def _find_operator(connection: Connection, code: str, *, lock: bool = False) -> Operator | None:
+    query = select(institutions).where(
+        institutions.c.code == code, institutions.c.kind == "operator"
+    )
+    if lock and connection.dialect.name != "sqlite":
+        query = query.with_for_update()
+    row = connection.execute(query).first()
+    if row is None:
+        return None
+    account_ids = dict(
+        connection.execute(
+            select(accounts.c.kind, accounts.c.id).where(
+                accounts.c.institution_id == row.id, accounts.c.kind.in_(("reserve", "float"))
+            )
+        ).tuples().all()
+    )
+    return Operator(
+        id=row.id,
+        code=row.code,
+        name=row.name,
+        quota_fen=row.quota_fen,
+        issued_fen=row.issued_fen,
+        redeemed_fen=row.redeemed_fen,
+        reserve_account_id=account_ids["reserve"],
+        float_account_id=account_ids["float"],
+    )
+
+
+def account_id(connection: Connection, code: str) -> int:
+    found = connection.execute(select(accounts.c.id).where(accounts.c.code == code)).scalar()
+    if found is None:
+        raise NotFound(f"no account {code!r}", code="account_not_found")
+    return int(found)
+
+
+def set_quota(context: LedgerContext, operator_code: str, quota_fen: int) -> Operator:
+    """The central bank sets how much e-CNY an operator may have outstanding. Lowering it below
+    what is outstanding is allowed: it only stops further issuance."""
+    if isinstance(quota_fen, bool) or not isinstance(quota_fen, int) or quota_fen < 0:
+        raise InvalidRequest("quota must be a non-negative integer of fen", code="amount_invalid")
+    with context.write() as connection:
+        operator = get_operator(connection, operator_code, lock=True)
+        connection.execute(
+            update(institutions).where(institutions.c.id == operator.id).values(quota_fen=quota_fen)
+        )
+        return get_operator(connection, operator_code)
+
+
+def deposit_reserve(
+    context: LedgerContext,
+    entry_id: str,
+    operator_code: str,
+    amount_fen: int,
+    *,
+    metadata: dict[str, Any] | None = None,
+) -> PostedEntry:
+    """The operator places central-bank money in its reserve account (from outside e-CNY)."""
+    check_amount(amount_fen)
+    with context.write() as connection:
+        operator = get_operator(connection, operator_code)
+        draft = transfer(
+            entry_id,
+            "reserve_deposit",
+            debit_account_id=account_id(connection, ISSUANCE_ACCOUNT_CODE),
+            credit_account_id=operator.reserve_account_id,
+            amount_fen=amount_fen,
+            metadata={"operator": operator_code, **(metadata or {})},
+        )
+        return post_entry(connection, draft, now=context.now())
+
+
+def issue(
+    context: LedgerContext,
+    entry_id: str,
+    operator_code: str,
+    amount_fen: int,
+    *,
+    metadata: dict[str, Any] | None = None,
+) -> PostedEntry:
+    """Issue e-CNY into the operator's float against its reserve, within its quota."""
+    check_amount(amount_fen)
+    with context.write() as connection:
+        operator = get_operator(connection, operator_code, lock=True)
+        draft = transfer(
+            entry_id,
+            "issue",
+            debit_account_id=operator.reserve_account_id,
+            credit_account_id=operator.float_account_id,
+            amount_fen=amount_fen,
+            metadata={"operator": operator_code, **(metadata or {})},
+        )
+        first = recorded_entry(connection, draft)
+        if first is not None:
+            return first
+        if operator.outstanding_fen + amount_fen > operator.quota_fen:
+            raise QuotaExceeded(
+                f"operator {operator_code} has {format_yuan(operator.outstanding_fen)} CNY "
+                f"outstanding of a {format_yuan(operator.quota_fen)} CNY quota; "
+                f"{format_yuan(amount_fen)} CNY more would exceed it",
+                operator=operator_code,
+                outstanding_fen=operator.outstanding_fen,
+                quota_fen=operator.quota_fen,
+            )
+        posted = post_entry(connection, draft, now=context.now())
+        connection.execute(
+            update(institutions)
+            .where(institutions.c.id == operator.id)
+            .values(issued_fen=institutions.c.issued_fen + amount_fen)
+        )
+        return posted
+
+
+def redeem(
+    context: LedgerContext,
+    entry_id: str,
+    operator_code: str,
+    amount_fen: int,
+    *,
+    metadata: dict[str, Any] | None = None,
+) -> PostedEntry:
+    """Burn e-CNY from the operator's float and release the same amount to its reserve."""
+    check_amount(amount_fen)
+    with context.write() as connection:
+        operator = get_operator(connection, operator_code, lock=True)
+        draft = transfer(
+            entry_id,
+            "redeem",
+            debit_account_id=operator.float_account_id,
+            credit_account_id=operator.reserve_account_id,
+            amount_fen=amount_fen,
+            metadata={"operator": operator_code, **(metadata or {})},
+        )
+        first = recorded_entry(connection, draft)
+        if first is not None:
+            return first
+        posted = post_entry(connection, draft, now=context.now())
+        connection.execute(
+            update(institutions)
+            .where(institutions.c.id == operator.id)
+            .values(redeemed_fen=institutions.c.redeemed_fen + amount_fen)
+        )
+        return posted
+
+
+#: Kinds of account that hold e-CNY, between which value may move without touching supply.
+HOLDING_KINDS = frozenset({"float", "wallet", "escrow"})
+
+
+def transfer_between_holdings(
+    context: LedgerContext,
+    entry_id: str,
+    from_account_code: str,
+    to_account_code: str,
+    amount_fen: int,
+    *,
+    kind: str = "transfer",
+    metadata: dict[str, Any] | None = None,
+) -> PostedEntry:
+    """Move e-CNY between two holdings (floats, wallets, escrows); supply does not change."""
+    check_amount(amount_fen)
+    with context.write() as connection:
+        rows = {
+            row.code: row
+            for row in connection.execute(
+                select(accounts.c.code, accounts.c.id, accounts.c.kind).where(
+                    accounts.c.code.in_((from_account_code, to_account_code))
+                )
+            )
+        }
+        for code in (from_account_code, to_account_code):
+            if code not in rows:
+                raise NotFound(f"no account {code!r}", code="account_not_found")
+            if rows[code].kind not in HOLDING_KINDS:
+                raise InvalidRequest(
+                    f"account {code} does not hold e-CNY", code="account_not_holding"
+                )
+        draft = transfer(
+            entry_id,
+            kind,
+            debit_account_id=rows[from_account_code].id,
+            credit_account_id=rows[to_account_code].id,
+            amount_fen=amount_fen,
+            metadata=metadata,
+        )
+        return post_entry(connection, draft, now=context.now())

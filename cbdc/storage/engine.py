@@ -1,0 +1,91 @@
+"""Engine set-up per dialect, and the two kinds of transaction the services open.
+
+SQLite (embedded default): WAL, ``synchronous=NORMAL``, foreign keys on, and pysqlite's own
+transaction handling switched off so that *we* emit ``BEGIN IMMEDIATE`` for every write
+transaction. Without it, Python's sqlite3 starts no transaction before a SELECT, and a
+read-check-write races (two payments of 80 from a balance of 100 both succeed).
+PostgreSQL (production): psycopg 3, READ COMMITTED; writers lock the chain head row and then the
+accounts they touch in ascending id order (see :mod:`cbdc.storage.journal`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+
+DEFAULT_DATABASE_URL = "sqlite:///cbdc.sqlite3"
+ENV_DATABASE_URL = "CBDC_DATABASE_URL"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+def database_url_from_env() -> str:
+    return os.environ.get(ENV_DATABASE_URL) or DEFAULT_DATABASE_URL
+
+
+def normalise_url(url: str) -> str:
+    """Send plain ``postgresql://`` URLs to psycopg 3 rather than SQLAlchemy's psycopg2 default."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed.render_as_string(hide_password=False)
+
+
+def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
+    url = normalise_url(url or database_url_from_env())
+    if make_url(url).get_backend_name() == "sqlite":
+        return _sqlite_engine(url, **kwargs)
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(url, **kwargs)
+
+
+def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
+    kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 30})
+    if make_url(url).database in (None, "", ":memory:"):
+        raise ValueError("cbdc needs a SQLite file (WAL and several connections need one)")
+    engine = create_engine(url, **kwargs)
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Hand transaction control to SQLAlchemy's "begin" event below.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        if connection.get_execution_options().get("cbdc_read_only"):
+            connection.exec_driver_sql("BEGIN")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    return engine
+
+
+def is_sqlite(engine_or_connection: Engine | Connection) -> bool:
+    return engine_or_connection.dialect.name == "sqlite"
+
+
+@contextmanager
+def write_transaction(engine: Engine) -> Iterator[Connection]:
+    """One unit of work that writes: BEGIN IMMEDIATE on SQLite; commits once at the end."""
+    with engine.connect() as connection, connection.begin():
+        yield connection
+
+
+@contextmanager
+def read_transaction(engine: Engine) -> Iterator[Connection]:
+    """A consistent read-only snapshot (deferred BEGIN on SQLite, REPEATABLE READ on PostgreSQL)."""
+    options: dict[str, Any] = {"cbdc_read_only": True}
+    if not is_sqlite(engine):
+        options["isolation_level"] = "REPEATABLE READ"
+    with engine.connect().execution_options(**options) as connection, connection.begin():
+        yield connection

@@ -1,0 +1,21 @@
+"""All tables, registered on one MetaData. Alembic's autogenerate compares migrations to this."""
+
+from cbdc.storage.tables.base import metadata
+from cbdc.storage.tables.ledger import (
+    ACCOUNT_KINDS,
+    accounts,
+    institutions,
+    journal_entries,
+    ledger_head,
+    postings,
+)
+
+__all__ = [
+    "ACCOUNT_KINDS",
+    "accounts",
+    "institutions",
+    "journal_entries",
+    "ledger_head",
+    "metadata",
+    "postings",
+]
