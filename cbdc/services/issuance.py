@@ -141,7 +141,7 @@ def _find_operator(connection: Connection, code: str, *, lock: bool = False) -> 
             select(accounts.c.kind, accounts.c.id).where(
                 accounts.c.institution_id == row.id, accounts.c.kind.in_(("reserve", "float"))
             )
-        ).tuples().all()
+        ).all()
     )
     return Operator(
         id=row.id,
