@@ -92,10 +92,10 @@ def create_operator(
             return existing
         now = context.now()
         institution_id = connection.execute(
-            insert(institutions).values(
-                code=code, name=name, kind="operator", quota_fen=quota_fen, created_at=now
-            )
-        ).inserted_primary_key[0]
+            insert(institutions)
+            .values(code=code, name=name, kind="operator", quota_fen=quota_fen, created_at=now)
+            .returning(institutions.c.id)
+        ).scalar_one()
         connection.execute(
             insert(accounts),
             [
