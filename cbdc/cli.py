@@ -236,3 +236,9 @@ def _print_audit(report: AuditReport) -> None:
         amount = "" if finding.amount_fen is None else str(finding.amount_fen)
         table.add_row(finding.code, finding.subject, amount, finding.detail)
     console.print(table)
+
+
+# `cbdc simulate` lives in its own module (it is the biggest command); registered here.
+from cbdc.simulation.command import simulate_command  # noqa: E402
+
+app.command("simulate")(simulate_command)
