@@ -86,3 +86,15 @@ def test_generator_reproduces_every_file_byte_for_byte() -> None:
     assert set(files) == {*KIND_FILES, "invalid.json"}
     for name, text in files.items():
         assert (VECTORS / name).read_bytes() == text.encode("utf-8"), name
+
+
+def test_protocol_document_shows_real_vectors_for_every_kind() -> None:
+    text = (VECTORS.parent / "protocol.md").read_text(encoding="utf-8")
+    squeezed = "".join(text.split())
+    for name, domain in KIND_FILES.items():
+        entries = load(name)
+        assert f"`{domain}`" in text
+        shown = [e for e in entries if e["signed_bytes_hex"] in squeezed]
+        assert shown, f"no worked example of {domain}"
+        assert all(e["signature_hex"] in squeezed for e in shown)
+    assert load("capture.json")[0]["qr"] in squeezed
