@@ -7,6 +7,7 @@ never be replayed as another. docs/protocol.md is the normative description.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any, TypeGuard
@@ -21,6 +22,8 @@ from cbdc.domain.errors import DomainMismatch, InvalidKey, InvalidMessage, Inval
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 DOMAIN_PREFIX = "cbdc/v1/"
+#: Keys whose validity is remembered (about 300 bytes each).
+PUBLIC_KEY_CACHE_SIZE = 32_768
 
 _LOWER_HEX = re.compile(r"[0-9a-f]*", re.ASCII)
 
@@ -72,6 +75,14 @@ def public_key_from_hex(text: object) -> bytes:
     """Decode a public key as it travels (64 lowercase hex) and refuse weak or malformed keys."""
     if not is_lower_hex(text, 2 * PUBLIC_KEY_BYTES):
         raise InvalidKey("a public key travels as 64 lowercase hex digits")
+    return _valid_public_key(text)
+
+
+@functools.lru_cache(maxsize=PUBLIC_KEY_CACHE_SIZE)
+def _valid_public_key(text: str) -> bytes:
+    # The subgroup check costs about as much as a signature verification (a scalar
+    # multiplication); the same payer and merchant keys come back again and again, so the
+    # verdict is cached. Refusals raise and are therefore never cached.
     return check_public_key(bytes.fromhex(text))
 
 
