@@ -108,9 +108,9 @@ def _print(simulation: Simulation) -> None:
     console.print(cheats)
     if not result.offline_run:
         console.print("offline payments: [yellow]not run[/] (no offline settlement service)")
+    per_second = metrics.settled_count / result.wall_seconds if result.wall_seconds else 0.0
     console.print(f"wall time {result.wall_seconds:.1f} s; settled {metrics.settled_count:,} "
-                  f"payments ({result.wall_seconds and metrics.settled_count / result.wall_seconds:,.0f}"
-                  "/s)")
+                  f"payments ({per_second:,.0f} per second of wall time)")
     if simulation.written is not None:
         console.print(f"report   {simulation.written.html}")
         console.print(f"metrics  {simulation.written.metrics}")
@@ -118,5 +118,5 @@ def _print(simulation: Simulation) -> None:
     console.print(f"final state hash {result.final_state_hash}")
     for name, ok in result.invariants.items():
         console.print(f"  {'[green]pass[/]' if ok else '[bold red]FAIL[/]'}  {name}")
-    verdict = "[bold green]ALL INVARIANTS HOLD[/]" if result.ok else "[bold red]INVARIANTS FAILED[/]"
-    console.print(verdict)
+    console.print("[bold green]ALL INVARIANTS HOLD[/]" if result.ok
+                  else "[bold red]INVARIANTS FAILED[/]")

@@ -26,7 +26,8 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, time as clock_time, timedelta
+from datetime import datetime, timedelta
+from datetime import time as clock_time
 from typing import Any
 
 from cbdc.client import (
@@ -41,7 +42,7 @@ from cbdc.domain.messages import PAYMENT
 from cbdc.domain.signing import signed_bytes
 from cbdc.domain.tiers import DEFAULT_CLASSES
 from cbdc.services.issuance_run import Order, Plan, PlannedOperator, RunReport
-from cbdc.simulation.amounts import AmountDistribution, WeightedChoice, apportion, part_of
+from cbdc.simulation.amounts import AmountDistribution, apportion, part_of
 from cbdc.simulation.metrics import Metrics
 from cbdc.simulation.population import Population
 from cbdc.simulation.ports import (
