@@ -1,1 +1,3 @@
-"""The pure domain core: money, errors, postings, tiers, signing. Imports no SQLAlchemy or FastAPI."""
+"""The pure domain core: money, errors, postings, tiers, signing.
+
+Imports no SQLAlchemy and no FastAPI."""

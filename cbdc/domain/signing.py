@@ -28,7 +28,9 @@ def canonical(message: Mapping[str, Any]) -> bytes:
     try:
         return bytes(rfc8785.dumps(dict(message)))
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
-        raise InvalidRequest(f"message is not canonical JSON: {exc}", code="message_invalid") from exc
+        raise InvalidRequest(
+            f"message is not canonical JSON: {exc}", code="message_invalid"
+        ) from exc
 
 
 def _refuse_floats(value: Any) -> None:

@@ -82,13 +82,15 @@ def ensure_central_bank(context: LedgerContext) -> None:
         ).first():
             return
         institution_id = connection.execute(
-            insert(institutions).values(
+            insert(institutions)
+            .values(
                 code=CENTRAL_BANK_CODE,
                 name=CENTRAL_BANK_NAME,
                 kind="central_bank",
                 created_at=context.now(),
             )
-        ).inserted_primary_key[0]
+            .returning(institutions.c.id)
+        ).scalar_one()
         connection.execute(
             insert(accounts).values(
                 code=ISSUANCE_ACCOUNT_CODE,
