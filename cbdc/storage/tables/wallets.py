@@ -67,7 +67,8 @@ wallets = Table(
     CheckConstraint("wallet_class BETWEEN 1 AND 4", name="wallet_class"),
     CheckConstraint("status IN ('active', 'frozen', 'closed')", name="status"),
     CheckConstraint(
-        "(status = 'closed' AND closed_at IS NOT NULL) OR (status <> 'closed' AND closed_at IS NULL)",
+        "(status = 'closed' AND closed_at IS NOT NULL)"
+        " OR (status <> 'closed' AND closed_at IS NULL)",
         name="closed_at_when_closed",
     ),
     CheckConstraint("parent_id IS NULL OR parent_id <> id", name="not_own_parent"),
@@ -127,7 +128,8 @@ wallet_keys = Table(
     CheckConstraint("length(public_key) = 64", name="public_key_length"),
     CheckConstraint("status IN ('active', 'revoked')", name="status"),
     CheckConstraint(
-        "(status = 'active' AND revoked_at IS NULL) OR (status = 'revoked' AND revoked_at IS NOT NULL)",
+        "(status = 'active' AND revoked_at IS NULL)"
+        " OR (status = 'revoked' AND revoked_at IS NOT NULL)",
         name="revoked_at_when_revoked",
     ),
     CheckConstraint("last_sequence >= 0", name="last_sequence_not_negative"),
@@ -164,7 +166,8 @@ payments = Table(
         name="sequence_for_payments",
     ),
     CheckConstraint(
-        "(kind = 'refund' AND original_id IS NOT NULL) OR (kind <> 'refund' AND original_id IS NULL)",
+        "(kind = 'refund' AND original_id IS NOT NULL)"
+        " OR (kind <> 'refund' AND original_id IS NULL)",
         name="original_for_refunds",
     ),
     CheckConstraint(

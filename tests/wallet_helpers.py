@@ -1,0 +1,90 @@
+"""Helpers for wallet and payment tests: a funded operator, evidence per class, and a snapshot of
+everything a refused operation must leave untouched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from cbdc.domain.identity import IdentityEvidence
+from cbdc.domain.money import yuan
+from cbdc.services import issuance
+from cbdc.services.context import LedgerContext, float_account_code
+from cbdc.services.wallets import Wallet, open_wallet
+from cbdc.storage.tables import (
+    accounts,
+    ledger_head,
+    payment_codes,
+    payment_requests,
+    payments,
+    wallet_identities,
+    wallet_keys,
+    wallets,
+)
+
+
+def funded_operator(
+    ledger: LedgerContext, code: str = "BANK-A", float_yuan: int = 2_000_000
+) -> str:
+    """An operator whose float holds ``float_yuan`` of issued e-CNY."""
+    issuance.create_operator(ledger, code, f"Bank {code}", quota_fen=yuan(float_yuan))
+    issuance.deposit_reserve(ledger, f"{code}-reserve", code, yuan(float_yuan))
+    issuance.issue(ledger, f"{code}-issue", code, yuan(float_yuan))
+    return code
+
+
+def evidence_for(wallet_class: int, phone: str = "+8613800000001") -> IdentityEvidence:
+    return IdentityEvidence(
+        phone=phone,
+        id_document="110101199001011234" if wallet_class <= 3 else None,
+        bank_account="6222020200112233" if wallet_class <= 2 else None,
+        in_person=wallet_class == 1,
+    )
+
+
+def new_wallet(
+    ledger: LedgerContext,
+    wallet_id: str,
+    wallet_class: int = 4,
+    *,
+    operator: str = "BANK-A",
+    phone: str = "+8613800000001",
+    **options: Any,
+) -> Wallet:
+    return open_wallet(
+        ledger,
+        wallet_id,
+        operator_code=operator,
+        evidence=evidence_for(wallet_class, phone),
+        zone="shenzhen",
+        wallet_class=wallet_class,
+        **options,
+    )
+
+
+def float_balance(ledger: LedgerContext, operator: str = "BANK-A") -> int:
+    with ledger.read() as connection:
+        return int(
+            connection.execute(
+                select(accounts.c.balance_fen).where(
+                    accounts.c.code == float_account_code(operator)
+                )
+            ).scalar_one()
+        )
+
+
+def snapshot(ledger: LedgerContext) -> dict[str, Any]:
+    """Every row a refused operation must leave byte-identical."""
+    tables = (accounts, ledger_head, wallets, wallet_identities, wallet_keys, payments,
+              payment_requests, payment_codes)
+    with ledger.read() as connection:
+        return {
+            table.name: [
+                tuple(row)
+                for row in connection.execute(
+                    select(table).order_by(*table.primary_key.columns)
+                )
+            ]
+            for table in tables
+        }
