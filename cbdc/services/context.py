@@ -14,6 +14,7 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -51,6 +52,12 @@ def float_account_code(operator_code: str) -> str:
     return f"op:{operator_code}:float"
 
 
+#: The unit of work open in this thread or task, if any, per engine. A service called inside
+#: another unit of work (the API's idempotency record, a batch) joins it instead of opening its
+#: own, so the caller's record and the service's effect commit together or not at all.
+_open_unit: ContextVar[dict[int, Connection] | None] = ContextVar("cbdc_open_unit", default=None)
+
+
 @dataclass
 class LedgerContext:
     """Handle on one ledger database. Cheap to pass around; holds no transaction of its own.
@@ -71,11 +78,25 @@ class LedgerContext:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
+        """Open a write unit of work, or join the one already open on this engine."""
+        joined = (_open_unit.get() or {}).get(id(self.engine))
+        if joined is not None:
+            yield joined
+            return
         with write_transaction(self.engine) as connection:
-            yield connection
+            token = _open_unit.set({**(_open_unit.get() or {}), id(self.engine): connection})
+            try:
+                yield connection
+            finally:
+                _open_unit.reset(token)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        """A consistent read snapshot; inside a write unit of work, that unit's connection."""
+        joined = (_open_unit.get() or {}).get(id(self.engine))
+        if joined is not None:
+            yield joined
+            return
         with read_transaction(self.engine) as connection:
             yield connection
 
