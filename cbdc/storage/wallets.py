@@ -149,28 +149,39 @@ class KeyRow:
     last_sequence: int
 
 
-def load_key(connection: Connection, public_key_hex: str, *, lock: bool = False) -> KeyRow | None:
-    """The key with this public key, or None; with ``lock`` its row is locked (PostgreSQL).
-    Callers that also lock wallets lock those first."""
+def _key_query() -> Select[Any]:
+    return select(
+        wallet_keys.c.id,
+        wallet_keys.c.public_key,
+        wallet_keys.c.wallet_id.label("wallet_row_id"),
+        wallets.c.wallet_id,
+        wallet_keys.c.status,
+        wallet_keys.c.last_sequence,
+    ).join(wallets, wallets.c.id == wallet_keys.c.wallet_id)
+
+
+def load_keys(
+    connection: Connection, public_keys_hex: Iterable[str], *, lock: bool = False
+) -> dict[str, KeyRow]:
+    """The enrolled keys among ``public_keys_hex``, by public key (unknown keys are left out);
+    with ``lock`` their rows are locked (PostgreSQL) in ascending id order. Callers that also
+    lock wallets lock those first."""
     query = (
-        select(
-            wallet_keys.c.id,
-            wallet_keys.c.public_key,
-            wallet_keys.c.wallet_id.label("wallet_row_id"),
-            wallets.c.wallet_id,
-            wallet_keys.c.status,
-            wallet_keys.c.last_sequence,
-        )
-        .join(wallets, wallets.c.id == wallet_keys.c.wallet_id)
-        .where(wallet_keys.c.public_key == public_key_hex)
+        _key_query()
+        .where(wallet_keys.c.public_key.in_(sorted(set(public_keys_hex))))
+        .order_by(wallet_keys.c.id)
     )
     if lock and connection.dialect.name != "sqlite":
         query = query.with_for_update(of=wallet_keys)
-    row = connection.execute(query).first()
-    if row is None:
-        return None
-    return KeyRow(row.id, row.public_key, row.wallet_row_id, row.wallet_id, row.status,
-                  row.last_sequence)
+    return {
+        row.public_key: KeyRow(row.id, row.public_key, row.wallet_row_id, row.wallet_id,
+                               row.status, row.last_sequence)
+        for row in connection.execute(query)
+    }
+
+
+def load_key(connection: Connection, public_key_hex: str, *, lock: bool = False) -> KeyRow | None:
+    return load_keys(connection, [public_key_hex], lock=lock).get(public_key_hex)
 
 
 def find_entry(connection: Connection, entry_id: str) -> PostedEntry | None:
