@@ -88,3 +88,37 @@ def snapshot(ledger: LedgerContext) -> dict[str, Any]:
             ]
             for table in tables
         }
+
+
+ROOT_SEED = b"cbdc tests: wallet keys".ljust(32, b".")
+
+
+class Holder:
+    """A wallet's owner as a test drives it: the wallet id, an enrolled key, a sequence."""
+
+    def __init__(self, ledger: LedgerContext, wallet_id: str, label: str | None = None) -> None:
+        from cbdc.client import SequenceCounter, WalletKey
+        from cbdc.services.keys import enrol_key
+
+        self.ledger = ledger
+        self.wallet_id = wallet_id
+        self.key = WalletKey.derive(ROOT_SEED, label or wallet_id)
+        self.sequence = SequenceCounter()
+        enrol_key(ledger, wallet_id, self.key.public_key_hex)
+
+    def payment(self, payee: str, amount_fen: int, payment_id: str, **fields: Any) -> Any:
+        from cbdc.client import build_payment
+
+        options: dict[str, Any] = {
+            "ledger_id": self.ledger.ledger_id,
+            "sequence": self.sequence.next(),
+            "created_at": self.ledger.now(),
+            **fields,
+        }
+        return build_payment(self.key, payment_id=payment_id, payer=self.wallet_id, payee=payee,
+                             amount_fen=amount_fen, **options)
+
+    def pay(self, payee: str, amount_fen: int, payment_id: str, **fields: Any) -> Any:
+        from cbdc.services.payments import settle_payment
+
+        return settle_payment(self.ledger, self.payment(payee, amount_fen, payment_id, **fields))
