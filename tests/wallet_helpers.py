@@ -7,10 +7,13 @@ from typing import Any
 
 from sqlalchemy import select
 
+from cbdc.client import Envelope, SequenceCounter, WalletKey, build_payment
 from cbdc.domain.identity import IdentityEvidence
 from cbdc.domain.money import yuan
 from cbdc.services import issuance
 from cbdc.services.context import LedgerContext, float_account_code
+from cbdc.services.keys import enrol_key
+from cbdc.services.payments import Settlement, settle_payment
 from cbdc.services.wallets import Wallet, open_wallet
 from cbdc.storage.tables import (
     accounts,
@@ -97,18 +100,13 @@ class Holder:
     """A wallet's owner as a test drives it: the wallet id, an enrolled key, a sequence."""
 
     def __init__(self, ledger: LedgerContext, wallet_id: str, label: str | None = None) -> None:
-        from cbdc.client import SequenceCounter, WalletKey
-        from cbdc.services.keys import enrol_key
-
         self.ledger = ledger
         self.wallet_id = wallet_id
         self.key = WalletKey.derive(ROOT_SEED, label or wallet_id)
         self.sequence = SequenceCounter()
         enrol_key(ledger, wallet_id, self.key.public_key_hex)
 
-    def payment(self, payee: str, amount_fen: int, payment_id: str, **fields: Any) -> Any:
-        from cbdc.client import build_payment
-
+    def payment(self, payee: str, amount_fen: int, payment_id: str, **fields: Any) -> Envelope:
         options: dict[str, Any] = {
             "ledger_id": self.ledger.ledger_id,
             "sequence": self.sequence.next(),
@@ -118,7 +116,5 @@ class Holder:
         return build_payment(self.key, payment_id=payment_id, payer=self.wallet_id, payee=payee,
                              amount_fen=amount_fen, **options)
 
-    def pay(self, payee: str, amount_fen: int, payment_id: str, **fields: Any) -> Any:
-        from cbdc.services.payments import settle_payment
-
+    def pay(self, payee: str, amount_fen: int, payment_id: str, **fields: Any) -> Settlement:
         return settle_payment(self.ledger, self.payment(payee, amount_fen, payment_id, **fields))

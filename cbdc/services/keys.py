@@ -11,20 +11,17 @@ the last sequence number it used; a payment must carry a larger one (see
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from sqlalchemy import Connection, insert, select, update
 
-from cbdc.domain.errors import AlreadyExists, InvalidKey, NotFound, StatusRefused
-from cbdc.domain.signing import check_public_key
+from cbdc.domain.errors import AlreadyExists, NotFound, StatusRefused
+from cbdc.domain.signing import public_key_from_hex
 from cbdc.services.context import LedgerContext
 from cbdc.services.wallets import check_active
 from cbdc.storage.tables import wallet_keys, wallets
 from cbdc.storage.wallets import load_key, load_wallet
-
-_HEX_KEY = re.compile(r"^[0-9a-f]{64}$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,9 +36,7 @@ class WalletKey:
 
 def decode_public_key(public_key_hex: object) -> bytes:
     """64 lowercase hex characters of a valid Ed25519 public key, as bytes."""
-    if not isinstance(public_key_hex, str) or not _HEX_KEY.match(public_key_hex):
-        raise InvalidKey("a public key travels as 64 lowercase hex characters")
-    return check_public_key(bytes.fromhex(public_key_hex))
+    return public_key_from_hex(public_key_hex)
 
 
 def enrol_key(context: LedgerContext, wallet_id: str, public_key_hex: str) -> WalletKey:
