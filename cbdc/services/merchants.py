@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from cbdc.domain.errors import Conflict, Forbidden, InvalidRequest, NotFound, StatusRefused
@@ -67,6 +67,7 @@ from cbdc.services.payments import (
     settle,
 )
 from cbdc.services.wallets import check_active, party
+from cbdc.storage.payments import add_refunded
 from cbdc.storage.tables import payment_codes, payment_requests, payments, wallets
 from cbdc.storage.wallets import WalletRow, load_key, load_keys, load_wallet, load_wallets
 
@@ -301,11 +302,7 @@ def _refund(
         payee=customer, plan=plan, key=key, digest=digest,
         signature=str(envelope["signature"]), original_id=original.id, counts_as_spending=False,
     )
-    connection.execute(
-        update(payments)
-        .where(payments.c.id == original.id)
-        .values(refunded_fen=payments.c.refunded_fen + message["amount_fen"])
-    )
+    add_refunded(connection, original.id, message["amount_fen"])
     return settlement
 
 

@@ -42,11 +42,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cbdc.domain.errors import Conflict, Forbidden, InvalidRequest, NotFound, StatusRefused
-from cbdc.domain.messages import PAYMENT, Envelope, Message, verify_envelope
+from cbdc.domain.messages import PAYMENT, Envelope, Message, parse_time, verify_envelope
 from cbdc.domain.postings import EntryDraft, transfer
 from cbdc.domain.receipts import LedgerKey, sign_receipt
 from cbdc.domain.settlement import TransferPlan, plan_transfer
@@ -54,7 +54,14 @@ from cbdc.domain.signing import canonical
 from cbdc.services.context import LedgerContext
 from cbdc.services.wallets import check_active, party
 from cbdc.storage.journal import PostedEntry, post_entries
-from cbdc.storage.tables import payment_requests, payments, wallet_keys, wallets
+from cbdc.storage.payments import (
+    NewPayment,
+    find_payment,
+    insert_payment,
+    save_key_sequence,
+    save_usage,
+)
+from cbdc.storage.tables import payment_requests, wallets
 from cbdc.storage.wallets import KeyRow, WalletRow, load_key, load_wallets
 
 
@@ -132,11 +139,7 @@ def _settle_payment(
         digest=digest,
         signature=str(envelope["signature"]),
     )
-    connection.execute(
-        update(wallet_keys).where(wallet_keys.c.id == key.id).values(
-            last_sequence=message["sequence"]
-        )
-    )
+    save_key_sequence(connection, key.id, message["sequence"])
     if request_row_id is not None:
         connection.execute(
             update(payment_requests)
@@ -208,9 +211,7 @@ def recorded(
 ) -> Settlement | None:
     """The first result for ``payment_id`` if it settled from the same message; None if it never
     settled; a ``<kind>_conflict`` if it settled from another message."""
-    row = connection.execute(
-        select(payments).where(payments.c.payment_id == payment_id)
-    ).first()
+    row = find_payment(connection, payment_id)
     if row is None:
         return None
     if row.message_hash != digest or row.kind != kind:
@@ -228,7 +229,7 @@ def recorded(
         amount_fen=row.amount_fen,
         entry_seq=row.entry_seq,
         entry_hash=body["entry_hash"],
-        settled_at=as_utc(row.settled_at),
+        settled_at=parse_time(body["settled_at"]),
         topped_up_fen=row.topped_up_fen,
         swept_fen=row.swept_fen,
         receipt=receipt,
@@ -284,22 +285,14 @@ def settle(
         settled_at=entry.created_at,
     )
     if counts_as_spending:
-        usage = payer.usage.at(now).plus(plan.amount_fen)
-        connection.execute(
-            update(wallets).where(wallets.c.id == payer.id).values(
-                usage_day=usage.day,
-                spent_day_fen=usage.spent_day_fen,
-                usage_year=usage.year,
-                spent_year_fen=usage.spent_year_fen,
-            )
-        )
-    row_id = connection.execute(
-        insert(payments)
-        .values(
+        save_usage(connection, payer.id, payer.usage.at(now).plus(plan.amount_fen))
+    row_id = insert_payment(
+        connection,
+        NewPayment(
             payment_id=payment_id,
             kind=kind,
-            payer_wallet_id=payer.id,
-            payee_wallet_id=payee.id,
+            payer_wallet_row_id=payer.id,
+            payee_wallet_row_id=payee.id,
             amount_fen=plan.amount_fen,
             key_id=key.id,
             sequence=sequence,
@@ -309,11 +302,10 @@ def settle(
             original_id=original_id,
             topped_up_fen=plan.topped_up_fen,
             swept_fen=plan.swept_fen,
-            receipt_json=json.dumps(receipt, sort_keys=True, separators=(",", ":")),
+            receipt_json=canonical(receipt).decode("utf-8"),
             settled_at=entry.created_at,
-        )
-        .returning(payments.c.id)
-    ).scalar_one()
+        ),
+    )
     settlement = Settlement(
         payment_id=payment_id,
         kind=kind,
@@ -327,7 +319,7 @@ def settle(
         swept_fen=plan.swept_fen,
         receipt=receipt,
     )
-    return settlement, int(row_id)
+    return settlement, row_id
 
 
 def settlement_drafts(
