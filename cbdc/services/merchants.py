@@ -58,13 +58,14 @@ from cbdc.domain.settlement import plan_transfer
 from cbdc.services.context import LedgerContext
 from cbdc.services.payments import (
     Settlement,
+    Signed,
     answer_after_race,
     as_utc,
     check_ledger,
     check_signing_key,
-    message_hash,
     recorded,
     settle,
+    signed,
 )
 from cbdc.services.wallets import check_active, party
 from cbdc.storage.payments import add_refunded
@@ -88,13 +89,13 @@ def create_payment_request(context: LedgerContext, envelope: Mapping[str, Any]) 
     """Record a merchant-signed payment request; return it with its QR text."""
     message = verify_envelope(envelope, PAYMENT_REQUEST)
     check_ledger(context, message)
-    digest = message_hash(message)
+    digest = signed(message, envelope).message_hash
     with context.write() as connection:
         merchant = load_wallet(connection, message["merchant"], lock=True)
         key = load_key(connection, message["public_key"], lock=True)
         existing = _find_request(connection, message["request_id"])
         if existing is not None:
-            if message_hash(existing.envelope["message"]) != digest:
+            if signed(existing.envelope["message"], existing.envelope).message_hash != digest:
                 raise Conflict(f"payment request {message['request_id']} exists with other "
                                "content", code="payment_request_conflict")
             return existing
@@ -171,13 +172,13 @@ def capture_payment_code(
     check_ledger(context, code)
     check_ledger(context, capture)
     _check_capture_matches(code, capture)
-    digest = message_hash(capture)
+    signed_code, signed_capture = signed(code, code_envelope), signed(capture, capture_envelope)
     try:
         with context.write() as connection:
-            return _capture(context, connection, code, code_envelope, capture, capture_envelope,
-                            digest)
+            return _capture(context, connection, signed_code, signed_capture)
     except IntegrityError:
-        return answer_after_race(context, capture["capture_id"], digest, "capture")
+        return answer_after_race(context, capture["capture_id"], signed_capture.message_hash,
+                                 "capture")
 
 
 def _check_capture_matches(code: Message, capture: Message) -> None:
@@ -199,18 +200,13 @@ def _check_capture_matches(code: Message, capture: Message) -> None:
 
 
 def _capture(
-    context: LedgerContext,
-    connection: Connection,
-    code: Message,
-    code_envelope: Mapping[str, Any],
-    capture: Message,
-    capture_envelope: Mapping[str, Any],
-    digest: str,
+    context: LedgerContext, connection: Connection, signed_code: Signed, signed_capture: Signed
 ) -> Settlement:
+    code, capture = signed_code.message, signed_capture.message
     rows = load_wallets(connection, [code["payer"], capture["merchant"]], lock=True)
     payer, merchant = rows[code["payer"]], rows[capture["merchant"]]
     keys = load_keys(connection, [code["public_key"], capture["public_key"]], lock=True)
-    first = recorded(connection, capture["capture_id"], digest, "capture")
+    first = recorded(connection, capture["capture_id"], signed_capture.message_hash, "capture")
     if first is not None:
         return first
     used = connection.execute(
@@ -232,8 +228,7 @@ def _capture(
                          capture["amount_fen"])
     settlement, payment_row_id = settle(
         context, connection, kind="capture", payment_id=capture["capture_id"], payer=payer,
-        payee=merchant, plan=plan, key=merchant_key, digest=digest,
-        signature=str(capture_envelope["signature"]),
+        payee=merchant, plan=plan, key=merchant_key, signed=signed_capture,
     )
     connection.execute(
         insert(payment_codes).values(
@@ -243,8 +238,9 @@ def _capture(
             key_id=payer_key.id,
             max_amount_fen=code["max_amount_fen"],
             expires_at=expires_at,
-            message_hash=message_hash(code),
-            signature=str(code_envelope["signature"]),
+            message_json=signed_code.message_json,
+            message_hash=signed_code.message_hash,
+            signature=signed_code.signature,
             captured_payment_id=payment_row_id,
             captured_fen=capture["amount_fen"],
         )
@@ -256,26 +252,22 @@ def refund(context: LedgerContext, envelope: Mapping[str, Any]) -> Settlement:
     """Settle a merchant-signed refund of (part of) a payment or capture it received."""
     message = verify_envelope(envelope, REFUND)
     check_ledger(context, message)
-    digest = message_hash(message)
+    signed_refund = signed(message, envelope)
     try:
         with context.write() as connection:
-            return _refund(context, connection, message, envelope, digest)
+            return _refund(context, connection, signed_refund)
     except IntegrityError:
-        return answer_after_race(context, message["refund_id"], digest, "refund")
+        return answer_after_race(context, message["refund_id"], signed_refund.message_hash,
+                                 "refund")
 
 
-def _refund(
-    context: LedgerContext,
-    connection: Connection,
-    message: Message,
-    envelope: Mapping[str, Any],
-    digest: str,
-) -> Settlement:
+def _refund(context: LedgerContext, connection: Connection, signed_refund: Signed) -> Settlement:
+    message = signed_refund.message
     original = _original(connection, message)
     rows = load_wallets(connection, [original.payer, original.payee], lock=True)
     customer, merchant = rows[original.payer], rows[original.payee]
     key = load_key(connection, message["public_key"], lock=True)
-    first = recorded(connection, message["refund_id"], digest, "refund")
+    first = recorded(connection, message["refund_id"], signed_refund.message_hash, "refund")
     if first is not None:
         return first
     key = check_signing_key(key, merchant)
@@ -299,8 +291,8 @@ def _refund(
                          reverse_waterfall_allowed=False)
     settlement, _ = settle(
         context, connection, kind="refund", payment_id=message["refund_id"], payer=merchant,
-        payee=customer, plan=plan, key=key, digest=digest,
-        signature=str(envelope["signature"]), original_id=original.id, counts_as_spending=False,
+        payee=customer, plan=plan, key=key, signed=signed_refund, original_id=original.id,
+        counts_as_spending=False,
     )
     add_refunded(connection, original.id, message["amount_fen"])
     return settlement

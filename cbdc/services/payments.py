@@ -45,14 +45,20 @@ from typing import Any
 from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
-from cbdc.domain.errors import Conflict, Forbidden, InvalidRequest, NotFound, StatusRefused
+from cbdc.domain.errors import (
+    Conflict,
+    Forbidden,
+    InsufficientFunds,
+    InvalidRequest,
+    NotFound,
+    StatusRefused,
+)
 from cbdc.domain.messages import PAYMENT, Envelope, Message, parse_time, verify_envelope
-from cbdc.domain.postings import EntryDraft, transfer
+from cbdc.domain.postings import EntryDraft, canonical_json, transfer
 from cbdc.domain.receipts import LedgerKey, sign_receipt
 from cbdc.domain.settlement import TransferPlan, plan_transfer
-from cbdc.domain.signing import canonical
 from cbdc.services.context import LedgerContext
-from cbdc.services.wallets import check_active, party
+from cbdc.services.wallets import check_active, party, wallet_account_code
 from cbdc.storage.journal import PostedEntry, post_entries
 from cbdc.storage.payments import (
     NewPayment,
@@ -89,27 +95,23 @@ def settle_payment(context: LedgerContext, envelope: Mapping[str, Any]) -> Settl
     check_ledger(context, message)
     if message["payer"] == message["payee"]:
         raise InvalidRequest("a wallet cannot pay itself", code="payee_invalid", field="payee")
-    digest = message_hash(message)
+    payment = signed(message, envelope)
     try:
         with context.write() as connection:
-            return _settle_payment(context, connection, message, envelope, digest)
+            return _settle_payment(context, connection, payment)
     except IntegrityError:
         # A concurrent settlement under the same id or (key, sequence) won the race for a unique
         # key that our locks did not cover: answer as if we had come second.
-        return answer_after_race(context, message["payment_id"], digest, "payment")
+        return answer_after_race(context, message["payment_id"], payment.message_hash,
+                                 "payment")
 
 
-def _settle_payment(
-    context: LedgerContext,
-    connection: Connection,
-    message: Message,
-    envelope: Mapping[str, Any],
-    digest: str,
-) -> Settlement:
+def _settle_payment(context: LedgerContext, connection: Connection, payment: Signed) -> Settlement:
+    message = payment.message
     rows = load_wallets(connection, [message["payer"], message["payee"]], lock=True)
     payer, payee = rows[message["payer"]], rows[message["payee"]]
     key = load_key(connection, message["public_key"], lock=True)
-    first = recorded(connection, message["payment_id"], digest, "payment")
+    first = recorded(connection, message["payment_id"], payment.message_hash, "payment")
     if first is not None:
         return first
     key = check_signing_key(key, payer)
@@ -136,8 +138,7 @@ def _settle_payment(
         plan=plan,
         key=key,
         sequence=message["sequence"],
-        digest=digest,
-        signature=str(envelope["signature"]),
+        signed=payment,
     )
     save_key_sequence(connection, key.id, message["sequence"])
     if request_row_id is not None:
@@ -158,9 +159,24 @@ def check_ledger(context: LedgerContext, message: Message) -> None:
         )
 
 
-def message_hash(message: Message) -> str:
-    """The fingerprint of a signed message: sha256 of its JCS bytes."""
-    return hashlib.sha256(canonical(message)).hexdigest()
+@dataclass(frozen=True, slots=True)
+class Signed:
+    """A verified message as the ledger keeps it: as JSON (re-verifiable later: its JCS is what
+    was signed), its fingerprint, and its signature."""
+
+    message: Message
+    message_json: str
+    message_hash: str
+    signature: str
+
+
+def signed(message: Message, envelope: Mapping[str, Any]) -> Signed:
+    """The fingerprint is sha256 of sorted-key, ASCII-escaped JSON, not of the JCS bytes that
+    were signed (the pure-Python JCS encoder costs as much as a database write): a validated
+    message holds only strings and integers, so equal messages always hash equal."""
+    text = canonical_json(message)
+    return Signed(message, text.decode("ascii"), hashlib.sha256(text).hexdigest(),
+                  str(envelope["signature"]))
 
 
 def check_signing_key(key: KeyRow | None, signer: WalletRow) -> KeyRow:
@@ -260,8 +276,7 @@ def settle(
     payee: WalletRow,
     plan: TransferPlan,
     key: KeyRow,
-    digest: str,
-    signature: str,
+    signed: Signed,
     sequence: int | None = None,
     original_id: int | None = None,
     counts_as_spending: bool = True,
@@ -269,8 +284,20 @@ def settle(
     """Post the entries for ``plan``, bump the payer's counters, record the row and receipt.
     The caller has locked both wallets and checked everything; returns the row id too."""
     now = context.now()
-    posted = post_entries(connection, settlement_drafts(kind, payment_id, payer, payee, plan),
-                          now=now)
+    try:
+        posted = post_entries(
+            connection, settlement_drafts(kind, payment_id, payer, payee, plan), now=now
+        )
+    except InsufficientFunds as error:
+        if error.extra.get("account") == wallet_account_code(payer.wallet_id):
+            raise
+        # The operator's float could not fund the reverse waterfall: say so without telling
+        # the payer what the bank holds.
+        raise InsufficientFunds(
+            f"the linked bank account could not cover the {plan.topped_up_fen} fen shortfall",
+            wallet=payer.wallet_id,
+            shortfall_fen=plan.topped_up_fen,
+        ) from None
     entry = next(p for p in posted if isinstance(p, PostedEntry) and p.kind == kind)
     receipt = sign_receipt(
         ledger_key(context),
@@ -296,13 +323,14 @@ def settle(
             amount_fen=plan.amount_fen,
             key_id=key.id,
             sequence=sequence,
-            message_hash=digest,
-            signature=signature,
+            message_json=signed.message_json,
+            message_hash=signed.message_hash,
+            signature=signed.signature,
             entry_seq=entry.seq,
             original_id=original_id,
             topped_up_fen=plan.topped_up_fen,
             swept_fen=plan.swept_fen,
-            receipt_json=canonical(receipt).decode("utf-8"),
+            receipt_json=canonical_json(receipt).decode("ascii"),
             settled_at=entry.created_at,
         ),
     )

@@ -24,9 +24,9 @@ _FIND_PAYMENT = (
 )
 _INSERT_PAYMENT = (
     "INSERT INTO payments (payment_id, kind, payer_wallet_id, payee_wallet_id, amount_fen,"
-    " key_id, sequence, message_hash, signature, entry_seq, original_id, refunded_fen,"
-    " topped_up_fen, swept_fen, receipt_json, settled_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) RETURNING id"
+    " key_id, sequence, message_json, message_hash, signature, entry_seq, original_id,"
+    " refunded_fen, topped_up_fen, swept_fen, receipt_json, settled_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) RETURNING id"
 )
 _SAVE_USAGE = (
     "UPDATE wallets SET usage_day = ?, spent_day_fen = ?, usage_year = ?, spent_year_fen = ?"
@@ -58,6 +58,7 @@ class NewPayment:
     amount_fen: int
     key_id: int
     sequence: int | None
+    message_json: str
     message_hash: str
     signature: str
     entry_seq: int
@@ -79,8 +80,8 @@ def insert_payment(connection: Connection, payment: NewPayment) -> int:
     values: tuple[Any, ...] = (
         payment.payment_id, payment.kind, payment.payer_wallet_row_id,
         payment.payee_wallet_row_id, payment.amount_fen, payment.key_id, payment.sequence,
-        payment.message_hash, payment.signature, payment.entry_seq, payment.original_id,
-        payment.topped_up_fen, payment.swept_fen, payment.receipt_json,
+        payment.message_json, payment.message_hash, payment.signature, payment.entry_seq,
+        payment.original_id, payment.topped_up_fen, payment.swept_fen, payment.receipt_json,
         _stored_time(connection, payment.settled_at),
     )
     return int(

@@ -3,6 +3,7 @@ replays and forgeries, the documented order of checks, and races."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -14,7 +15,9 @@ from sqlalchemy import select, text
 from sqlalchemy.exc import IntegrityError
 
 from cbdc.client import WalletKey, verify_receipt
+from cbdc.domain import signing
 from cbdc.domain.errors import CbdcError
+from cbdc.domain.messages import PAYMENT
 from cbdc.domain.money import yuan
 from cbdc.domain.tiers import Limits
 from cbdc.services import keys, wallets
@@ -70,6 +73,12 @@ def test_a_payment_settles_with_a_ledger_signed_receipt(ledger: LedgerContext, b
     spent = wallets.get_wallet(ledger, "w-alice").usage
     assert (spent.spent_day_fen, spent.spent_year_fen) == (yuan(120), yuan(120))
     assert keys.get_key(ledger, alice.key.public_key_hex).last_sequence == 1
+    # The ledger keeps what Alice signed: anyone can re-verify her authorisation later.
+    with ledger.read() as connection:
+        stored, signature = connection.execute(
+            text("SELECT message_json, signature FROM payments WHERE payment_id = 'p-1'")
+        ).one()
+    signing.verify(alice.key.public_key, PAYMENT, json.loads(stored), bytes.fromhex(signature))
     assert run_audit(ledger).ok
 
 
@@ -345,12 +354,26 @@ def test_the_database_refuses_a_second_use_of_a_key_sequence(
     Holder(ledger, "w-alice").pay("w-bob", yuan(1), "p-1")
     copy = (
         "INSERT INTO payments (payment_id, kind, payer_wallet_id, payee_wallet_id, amount_fen, "
-        "key_id, sequence, message_hash, signature, entry_seq, receipt_json, settled_at) "
-        "SELECT 'p-copy', kind, payer_wallet_id, payee_wallet_id, amount_fen, key_id, {sequence}, "
-        "message_hash, signature, (SELECT seq FROM journal_entries WHERE entry_id = 't-1'), "
+        "key_id, sequence, message_json, message_hash, signature, entry_seq, receipt_json, "
+        "settled_at) SELECT 'p-copy', kind, payer_wallet_id, payee_wallet_id, amount_fen, key_id, "
+        "{sequence}, message_json, message_hash, signature, "
+        "(SELECT seq FROM journal_entries WHERE entry_id = 't-1'), "
         "receipt_json, settled_at FROM payments WHERE payment_id = 'p-1'"
     )
     with pytest.raises(IntegrityError, match="sequence"), ledger.write() as connection:
         connection.execute(text(copy.format(sequence="sequence")))
     with ledger.write() as connection:  # the same row with the next sequence is accepted
         connection.execute(text(copy.format(sequence="sequence + 1")))
+
+
+def test_a_reverse_waterfall_the_bank_cannot_fund_is_refused_without_revealing_its_float(
+    ledger: LedgerContext, bank: str
+) -> None:
+    funded_operator(ledger, "BANK-S", float_yuan=1_000)
+    new_wallet(ledger, "w-alice", 2, operator="BANK-S", reverse_waterfall=True)
+    new_wallet(ledger, "w-bob", phone="+8613800000002")
+    top_up(ledger, "t-1", "w-alice", yuan(1_000))  # the small bank's whole float
+    alice = Holder(ledger, "w-alice")
+    error = refused(ledger, "insufficient_funds", lambda: alice.pay("w-bob", yuan(1_500), "p-1"))
+    assert error.extra == {"wallet": "w-alice", "shortfall_fen": yuan(500)}
+    assert "float" not in error.detail

@@ -148,6 +148,9 @@ payments = Table(
     Column("amount_fen", BigInteger, nullable=False),
     Column("key_id", Integer, ForeignKey("wallet_keys.id"), nullable=False),
     Column("sequence", BigInteger, nullable=True),
+    # The verified message as canonical JSON and its signature: with them anyone can re-check,
+    # years later, that the signer authorised exactly this settlement.
+    Column("message_json", Text, nullable=False),
     Column("message_hash", String(64), nullable=False),
     Column("signature", String(128), nullable=False),
     Column("entry_seq", BigInteger, ForeignKey("journal_entries.seq"), nullable=False, unique=True),
@@ -221,6 +224,7 @@ payment_codes = Table(
     Column("key_id", Integer, ForeignKey("wallet_keys.id"), nullable=False),
     Column("max_amount_fen", BigInteger, nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
+    Column("message_json", Text, nullable=False),
     Column("message_hash", String(64), nullable=False),
     Column("signature", String(128), nullable=False),
     Column("captured_payment_id", BigInteger, ForeignKey("payments.id"), nullable=False,
