@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
@@ -29,7 +31,7 @@ from cbdc.services import keys, merchants, wallets
 from cbdc.services.audit import run_audit
 from cbdc.services.context import LedgerContext
 from cbdc.services.funding import top_up, withdraw
-from cbdc.services.payments import ledger_public_key_hex, settle_payment
+from cbdc.services.payments import Settlement, ledger_public_key_hex, settle_payment
 from tests.wallet_helpers import Holder, float_balance, funded_operator, new_wallet, snapshot
 
 
@@ -156,6 +158,8 @@ def test_a_payment_code_is_captured_once_within_its_maximum_and_expiry(
     refused(ledger, "payment_code_used",
             lambda: merchants.capture_payment_code(ledger, code, second))
     assert wallets.get_wallet(ledger, "w-carol").usage.spent_day_fen == yuan(45)
+    # A capture is refunded like a payment, by its capture id.
+    merchants.refund(ledger, refund_of(ledger, noodles, "r-cap", "cap-1", yuan(5)))
 
     over, capture = code_and_capture(ledger, carol, noodles, "code-2", "cap-3", yuan(51),
                                      max_amount_fen=yuan(50))
@@ -175,7 +179,7 @@ def test_a_payment_code_is_captured_once_within_its_maximum_and_expiry(
     keys.revoke_key(ledger, carol.key.public_key_hex)
     refused(ledger, "public_key_revoked",
             lambda: merchants.capture_payment_code(ledger, revoked, capture))
-    assert balance(ledger, "w-carol") == yuan(955)
+    assert balance(ledger, "w-carol") == yuan(960)
     assert run_audit(ledger).ok
 
 
@@ -256,4 +260,47 @@ def test_a_refund_over_the_customers_cap_waterfalls_or_is_refused(
     assert swept.swept_fen == yuan(500)
     assert balance(ledger, "w-erin") == yuan(500_000)
     assert float_balance(ledger) == float_before + yuan(500)
+    assert run_audit(ledger).ok
+
+
+def test_a_payment_and_a_capture_racing_for_one_id_settle_once(
+    ledger: LedgerContext, shop: tuple[Holder, Holder]
+) -> None:
+    """Disjoint wallets lock disjoint rows, so only the unique payment id stops the second."""
+    noodles, carol = shop
+    new_wallet(ledger, "w-alice", 4, phone="+8613800000011")
+    new_wallet(ledger, "w-bob", 4, phone="+8613800000012")
+    top_up(ledger, "t-alice", "w-alice", yuan(100))
+    alice = Holder(ledger, "w-alice")
+    payment = alice.payment("w-bob", yuan(10), "x-1")
+    code, capture = code_and_capture(ledger, carol, noodles, "code-x", "x-1", yuan(10),
+                                     max_amount_fen=yuan(10))
+
+    start = threading.Barrier(20)
+
+    def submit(index: int) -> Settlement | CbdcError:
+        start.wait()
+        try:
+            if index % 2:
+                return settle_payment(ledger, payment)
+            return merchants.capture_payment_code(ledger, code, capture)
+        except CbdcError as error:
+            return error
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(submit, range(20)))
+    fresh = [r for r in results if isinstance(r, Settlement) and not r.replayed]
+    assert len(fresh) == 1
+    winner = fresh[0].kind
+    loser = "capture" if winner == "payment" else "payment"
+    for result in results:
+        if isinstance(result, Settlement):
+            assert (result.kind, result.entry_seq) == (winner, fresh[0].entry_seq)
+        else:
+            assert result.code == f"{loser}_conflict", result
+    moved = {"payment": ("w-bob", yuan(10)), "capture": ("w-noodles", yuan(10))}
+    payee, amount = moved[winner]
+    assert balance(ledger, payee) == amount
+    other_payee, _ = moved[loser]
+    assert balance(ledger, other_payee) == 0
     assert run_audit(ledger).ok
