@@ -95,7 +95,7 @@ def list_keys(context: LedgerContext, wallet_id: str) -> list[WalletKey]:
             select(wallet_keys.c.public_key)
             .where(wallet_keys.c.wallet_id == wallet.id)
             .order_by(wallet_keys.c.id)
-        ).scalars()
+        ).scalars().all()
         return [_get(connection, public_key) for public_key in hexes]
 
 
