@@ -33,6 +33,7 @@ domain error.
     │   ├── InsufficientFunds           insufficient_funds
     │   ├── QuotaExceeded               quota_exceeded
     │   ├── LimitExceeded               *_limit_exceeded
+    │   ├── ClassChangeRefused          class_change_refused
     │   ├── InvalidSignature            signature_invalid
     │   └── StatusRefused               *_inactive, *_expired, ...
     └── SchemaOutOfDate (503)           schema_out_of_date
@@ -192,6 +193,13 @@ class QuotaExceeded(Refused):
 class LimitExceeded(Refused):
     code = "limit_exceeded"
     title = "Wallet limit exceeded"
+
+
+class ClassChangeRefused(Refused):
+    """An upgrade or downgrade that the wallet's balance or usage would break."""
+
+    code = "class_change_refused"
+    title = "Wallet class change refused"
 
 
 class InvalidSignature(Refused):
