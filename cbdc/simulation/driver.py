@@ -170,7 +170,8 @@ class Driver:
     def issuance_plan(self) -> Plan:
         """One order per operator and zone, sized to the wallets the operator serves there."""
         scenario, population = self.scenario, self.population
-        operators, orders = [], []
+        operators: list[PlannedOperator] = []
+        orders: list[Order] = []
         for number, spec in enumerate(scenario.operators):
             by_zone = population.served_by(number)
             issued = sum(by_zone) * scenario.issuance_per_wallet_fen
