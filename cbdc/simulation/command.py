@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -72,7 +73,8 @@ def simulate_command(
 
             simulation = simulate(scenario, seed, port=port, out=out, progress=advance)
     except CbdcError as error:
-        errors.print(f"[bold red]error[/] [{error.code}] {error.detail}", highlight=False)
+        errors.print(f"[bold red]error[/] {escape(f'[{error.code}]')} {escape(error.detail)}",
+                     highlight=False)
         raise typer.Exit(2) from error
     _print(simulation)
     if not simulation.result.ok:

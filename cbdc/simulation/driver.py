@@ -135,6 +135,10 @@ class Driver:
     def run(self) -> RunResult:
         started = time.perf_counter()
         self.port.ensure_empty()
+        if not self.offline_available:
+            self.metrics.note("offline payments (and cloned-card cheats) were not run: this "
+                              "ledger has no offline settlement service; their slots are "
+                              "counted as not run")
         issuance = self._timed("issuance", self._issue)
         self._timed("wallets", self._open_wallets)
         self._timed("payments", self._payments)
@@ -393,7 +397,7 @@ class Driver:
     def _refund(self, at: datetime) -> None:
         if not self.refundable:
             self.metrics.not_run["refund"] += 1
-            self.metrics.notes.append("a refund slot came before any merchant payment settled")
+            self.metrics.note("a refund slot came before any merchant payment settled")
             return
         index = self.rng.randrange(len(self.refundable))
         original_id, merchant, customer, paid = self.refundable[index]

@@ -130,6 +130,11 @@ class Metrics:
         self.rejected_by_hour[hour] += 1
         self.honest_rejections[code] += 1
 
+    def note(self, text: str) -> None:
+        """Remember a remark for the report, once however often it happens."""
+        if text not in self.notes:
+            self.notes.append(text)
+
     def offline_delay(self, delay_seconds: int) -> None:
         for bucket in DELAY_BUCKETS_HOURS:
             if delay_seconds <= bucket * 3600:
