@@ -180,3 +180,20 @@ def test_the_report_renders_with_every_chart_embedded(runs: Runs) -> None:
     assert metrics["final_state_hash"] == runs.first.result.final_state_hash
     assert metrics["invariants"] == runs.first.result.invariants
     assert metrics["payments"]["settled"] == runs.first.result.metrics.settled_count
+
+
+def test_sqlite_and_postgresql_reach_the_same_final_state(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    scenario = replace(default_scenario().with_counts(wallets=40, merchants=4, payments=300),
+                       days=1)
+    hashes = {}
+    for engine in ENGINES:
+        database = fresh_database(engine, request, tmp_path)
+        url = next(database)
+        result = simulate(scenario, SEED, port=in_process_port(scenario, SEED, url)).result
+        assert result.ok, result.invariants
+        hashes[engine] = result.final_state_hash
+        for _ in database:
+            pass
+    assert hashes["sqlite"] == hashes["postgresql"]
