@@ -20,13 +20,10 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed-runtime
 
+# The default pilot week (examples/scenario.toml) on a fresh SQLite file $(DEMO_DIR)/ledger.sqlite3:
+# issuance run, wallets, payments and cheats, then reconciliation and audit; prints the report path.
 demo: $(VENV)/.installed-runtime
-	@mkdir -p $(DEMO_DIR)
-	@rm -f $(DEMO_DIR)/demo.sqlite3 $(DEMO_DIR)/demo.sqlite3-*
-	CBDC_DATABASE_URL=sqlite:///$(DEMO_DIR)/demo.sqlite3 $(BIN)/cbdc db upgrade
-	CBDC_DATABASE_URL=sqlite:///$(DEMO_DIR)/demo.sqlite3 $(BIN)/cbdc issue run examples/issuance-plan.toml
-	CBDC_DATABASE_URL=sqlite:///$(DEMO_DIR)/demo.sqlite3 $(BIN)/cbdc reconcile
-	CBDC_DATABASE_URL=sqlite:///$(DEMO_DIR)/demo.sqlite3 $(BIN)/cbdc audit
+	$(BIN)/cbdc simulate --seed 42 --out $(DEMO_DIR)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check cbdc api tests benchmarks migrations
