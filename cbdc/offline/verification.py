@@ -468,7 +468,7 @@ def _classify_after_unloads(
     findings: list[Finding],
     flagged: dict[str, list[FindingCode]],
 ) -> list[VerifiedPayment]:
-    """Flag payments an unload closed; return the rest (still in counter order)."""
+    """Flag payments outside what an unload closed and declared; return the rest."""
     late: dict[str, VerifiedPayment] = {}
     for unload in sorted(unloads, key=lambda u: u["unload_counter"]):
         for payment in _outside_unload(payments, unload, late):
@@ -493,28 +493,43 @@ def _outside_unload(
             continue
         before_by_counter = payment.counter <= unload["counter"]
         before_by_load = payment.load_counter <= unload["load_counter"]
-        not_declared_last = (
-            payment.counter == unload["counter"]
-            and payment.payment_hash != unload["last_payment_hash"]
-        )
-        if before_by_counter != before_by_load or not_declared_last:
+        if before_by_counter != before_by_load:
             result.append(payment)
     return result
+
+
+def _declared_chain(payments: list[VerifiedPayment], unload: Mapping[str, Any]) -> dict[int, str]:
+    """The hashes the unload vouches for, by counter: its ``last_payment_hash``, then back
+    through each known payment's ``prev_hash`` for as long as the ledger holds the links."""
+    by_hash = {p.payment_hash: p for p in payments}
+    declared: dict[int, str] = {}
+    counter, digest = unload["counter"], unload["last_payment_hash"]
+    while counter >= 1:
+        declared[counter] = digest
+        payment = by_hash.get(digest)
+        if payment is None or payment.counter != counter:
+            break
+        counter, digest = counter - 1, payment.prev_hash
+    return declared
 
 
 def _beyond_declared(
     payments: list[VerifiedPayment], unload: Mapping[str, Any], late: Mapping[str, Any]
 ) -> list[VerifiedPayment]:
-    """Within the closed range, more than the unload declared as paid: the excess, highest
-    counters first (an honest device's payments sum to exactly ``paid_fen_total``)."""
+    """In the closed range, payments the unload did not declare: off its hash chain where the
+    chain is known, then, if the rest sum to more than ``paid_fen_total``, the excess among the
+    payments not proven on the chain, highest counters first."""
+    declared = _declared_chain(payments, unload)
     closed = [p for p in payments if p.counter <= unload["counter"] and p.payment_hash not in late]
-    total = sum(p.amount_fen for p in closed)
-    excess = []
-    while closed and total > unload["paid_fen_total"]:
-        payment = closed.pop()
+    off_chain = [p for p in closed if declared.get(p.counter, p.payment_hash) != p.payment_hash]
+    rest = [p for p in closed if p not in off_chain]
+    unproven = [p for p in rest if declared.get(p.counter) != p.payment_hash]
+    total = sum(p.amount_fen for p in rest)
+    while unproven and total > unload["paid_fen_total"]:
+        payment = unproven.pop()
         total -= payment.amount_fen
-        excess.append(payment)
-    return excess
+        off_chain.append(payment)
+    return off_chain
 
 
 def _classify_overspend(

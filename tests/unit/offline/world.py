@@ -21,6 +21,8 @@ from cbdc.offline import (
     classify_device_payments,
     verify_revocation_list,
 )
+from cbdc.offline.messages import OFFLINE_PAYMENT, format_time, seal
+from cbdc.offline.verification import payment_envelope
 
 LEDGER_ID = "cbdc-test"
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
@@ -137,3 +139,40 @@ class World:
             unloads=self.unloads[device_id],
             revocations=self.revocations,
         )
+
+
+def extracted_key_payment(
+    world: World, element: SecureElement, **fields: Any
+) -> dict[str, Any]:
+    """A payment signed outside the secure element with its extracted key (a rogue firmware):
+    the device's next payment by default, with ``fields`` overriding any field. The device's
+    own state does not change, exactly as when an attacker signs on a copy of the key."""
+    state = element.state()
+    certificate = element.certificate
+    assert certificate is not None
+    message: dict[str, Any] = {
+        "version": 1,
+        "domain": OFFLINE_PAYMENT,
+        "ledger_id": LEDGER_ID,
+        "payer_device": certificate.device_id,
+        "payer_wallet": certificate.wallet,
+        "counter": state.counter + 1,
+        "load_counter": state.load_counter,
+        "payments_since_sync": state.payments_since_sync + 1,
+        "payee_device": "shop",
+        "payee_wallet": "w-shop",
+        "amount_fen": 100,
+        "currency": "CNY",
+        "created_at": format_time(world.now),
+        "prev_hash": state.last_payment_hash,
+    }
+    message.update(fields)
+    sealed = seal(signing_key_of(certificate.device_id), OFFLINE_PAYMENT, message)
+    operator = world.operator(certificate.operator_id)
+    return payment_envelope(
+        sealed["message"], bytes.fromhex(sealed["signature"]), certificate, operator.certificate
+    )
+
+
+def signing_key_of(device_id: str) -> nacl.signing.SigningKey:
+    return nacl.signing.SigningKey(seed(f"device:{device_id}"))
