@@ -14,6 +14,7 @@ the normative description.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Callable, Mapping
@@ -70,10 +71,20 @@ def _check_hex64(field: str, value: Any) -> None:
 
 def _check_public_key(field: str, value: Any) -> None:
     _check_hex64(field, value)
+    problem = _public_key_problem(value)
+    if problem is not None:
+        raise _fail(field, problem)
+
+
+@functools.lru_cache(maxsize=4096)
+def _public_key_problem(public_key_hex: str) -> str | None:
+    """Cached: the point check costs about as much as a signature verification, and the same
+    few root, operator and device keys arrive with every payment."""
     try:
-        signing.check_public_key(bytes.fromhex(value))
+        signing.check_public_key(bytes.fromhex(public_key_hex))
     except InvalidKey as exc:
-        raise _fail(field, exc.detail) from exc
+        return exc.detail
+    return None
 
 
 def _check_count(field: str, value: Any, minimum: int) -> None:

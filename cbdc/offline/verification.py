@@ -33,7 +33,7 @@ from cbdc.offline.certificates import (
     check_chain_usable,
     verify_chain,
 )
-from cbdc.offline.messages import LOAD_RECEIPT, OFFLINE_PAYMENT, UNLOAD, parse_time
+from cbdc.offline.messages import CERTIFICATE, LOAD_RECEIPT, OFFLINE_PAYMENT, UNLOAD, parse_time
 
 #: How far a payment's ``created_at`` may lie ahead of the verifier's clock (device clocks drift).
 CLOCK_SKEW = timedelta(minutes=5)
@@ -115,8 +115,17 @@ def payment_envelope(
     }
 
 
-def authenticate_offline_payment(envelope: Any, root_public_key: bytes) -> VerifiedPayment:
+def authenticate_offline_payment(
+    envelope: Any,
+    root_public_key: bytes,
+    *,
+    verified_chains: set[tuple[bytes, bytes]] | None = None,
+) -> VerifiedPayment:
     """Prove the payment comes from a certified device, independent of time and revocation.
+
+    ``verified_chains`` (optional, owned by the caller) remembers the chains (signed bytes and
+    signature of both certificates) already verified under ``root_public_key``, so a batch of
+    payments from one device checks its chain once.
 
     Order: (1) shape of the envelope, payment and certificates (``message_invalid``);
     (2) root -> operator -> device chain (``certificate_invalid``,
@@ -128,7 +137,15 @@ def authenticate_offline_payment(envelope: Any, root_public_key: bytes) -> Verif
     message, signature = messages.open_envelope(OFFLINE_PAYMENT, envelope)
     certificate = DeviceCertificate.from_envelope(envelope["certificate"])
     operator_certificate = OperatorCertificate.from_envelope(envelope["operator_certificate"])
-    verify_chain(certificate, operator_certificate, root_public_key)
+    chain = (
+        signing.signed_bytes(CERTIFICATE, certificate.message) + certificate.signature,
+        signing.signed_bytes(CERTIFICATE, operator_certificate.message)
+        + operator_certificate.signature,
+    )
+    if verified_chains is None or chain not in verified_chains:
+        verify_chain(certificate, operator_certificate, root_public_key)
+        if verified_chains is not None:
+            verified_chains.add(chain)
     if (
         message["payer_device"] != certificate.device_id
         or message["payer_wallet"] != certificate.wallet
@@ -339,9 +356,12 @@ def _authentic_payments(
 ) -> list[VerifiedPayment]:
     by_hash: dict[str, VerifiedPayment] = {}
     forged_seen: set[str] = set()
+    verified_chains: set[tuple[bytes, bytes]] = set()
     for envelope in envelopes:
         try:
-            payment = authenticate_offline_payment(envelope, root_public_key)
+            payment = authenticate_offline_payment(
+                envelope, root_public_key, verified_chains=verified_chains
+            )
         except CbdcError as exc:
             _record_forged(device_id, envelope, exc, findings, forged_seen)
             continue
