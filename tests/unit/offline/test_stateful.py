@@ -15,9 +15,15 @@ from __future__ import annotations
 from typing import Any
 
 from hypothesis import event, settings
-from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
-from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+from hypothesis.control import currently_in_test_context
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+)
 
 from cbdc.domain.errors import CbdcError, OfflineRefused
 from cbdc.domain.money import yuan
@@ -43,6 +49,11 @@ class OfflineMachine(RuleBasedStateMachine):
         self.cloned: set[str] = set()
 
     # --- rules -----------------------------------------------------------------------------
+
+    @initialize(amounts_yuan=st.lists(st.integers(1, 200), min_size=3, max_size=3))
+    def load_everyone(self, amounts_yuan: list[int]) -> None:
+        for name, amount_yuan in zip(DEVICES, amounts_yuan, strict=True):
+            self.load(name, amount_yuan)
 
     @rule(name=st.sampled_from(DEVICES), amount_yuan=st.integers(1, 500))
     def load(self, name: str, amount_yuan: int) -> None:
