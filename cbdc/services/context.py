@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -27,6 +28,12 @@ def float_account_code(operator_code: str) -> str:
     return f"op:{operator_code}:float"
 
 
+#: The unit of work open in this thread or task, if any, per engine. A service called inside
+#: another unit of work (the API's idempotency record, a batch) joins it instead of opening its
+#: own, so the caller's record and the service's effect commit together or not at all.
+_open_unit: ContextVar[dict[int, Connection] | None] = ContextVar("cbdc_open_unit", default=None)
+
+
 @dataclass
 class LedgerContext:
     """Handle on one ledger database. Cheap to pass around; holds no transaction of its own."""
@@ -40,11 +47,25 @@ class LedgerContext:
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
+        """Open a write unit of work, or join the one already open on this engine."""
+        joined = (_open_unit.get() or {}).get(id(self.engine))
+        if joined is not None:
+            yield joined
+            return
         with write_transaction(self.engine) as connection:
-            yield connection
+            token = _open_unit.set({**(_open_unit.get() or {}), id(self.engine): connection})
+            try:
+                yield connection
+            finally:
+                _open_unit.reset(token)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        """A consistent read snapshot; inside a write unit of work, that unit's connection."""
+        joined = (_open_unit.get() or {}).get(id(self.engine))
+        if joined is not None:
+            yield joined
+            return
         with read_transaction(self.engine) as connection:
             yield connection
 
@@ -82,13 +103,15 @@ def ensure_central_bank(context: LedgerContext) -> None:
         ).first():
             return
         institution_id = connection.execute(
-            insert(institutions).values(
+            insert(institutions)
+            .values(
                 code=CENTRAL_BANK_CODE,
                 name=CENTRAL_BANK_NAME,
                 kind="central_bank",
                 created_at=context.now(),
             )
-        ).inserted_primary_key[0]
+            .returning(institutions.c.id)
+        ).scalar_one()
         connection.execute(
             insert(accounts).values(
                 code=ISSUANCE_ACCOUNT_CODE,

@@ -92,10 +92,10 @@ def create_operator(
             return existing
         now = context.now()
         institution_id = connection.execute(
-            insert(institutions).values(
-                code=code, name=name, kind="operator", quota_fen=quota_fen, created_at=now
-            )
-        ).inserted_primary_key[0]
+            insert(institutions)
+            .values(code=code, name=name, kind="operator", quota_fen=quota_fen, created_at=now)
+            .returning(institutions.c.id)
+        ).scalar_one()
         connection.execute(
             insert(accounts),
             [
@@ -141,7 +141,7 @@ def _find_operator(connection: Connection, code: str, *, lock: bool = False) -> 
             select(accounts.c.kind, accounts.c.id).where(
                 accounts.c.institution_id == row.id, accounts.c.kind.in_(("reserve", "float"))
             )
-        ).tuples().all()
+        ).all()
     )
     return Operator(
         id=row.id,

@@ -1,0 +1,54 @@
+# The two commands a newcomer runs: `make demo` and `make test`. Each creates .venv if missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEMO_DIR ?= out/demo
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint types unit soak bench postgres-binaries clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+# Runtime install for the demo; the test install adds the test extras.
+$(VENV)/.installed-runtime: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(VENV)/.installed-runtime
+
+demo: $(VENV)/.installed-runtime
+	@mkdir -p $(DEMO_DIR)
+	@rm -f $(DEMO_DIR)/demo.sqlite3 $(DEMO_DIR)/demo.sqlite3-*
+	CBDC_DATABASE_URL=sqlite:///$(DEMO_DIR)/demo.sqlite3 $(BIN)/cbdc db upgrade
+	CBDC_DATABASE_URL=sqlite:///$(DEMO_DIR)/demo.sqlite3 $(BIN)/cbdc issue run examples/issuance-plan.toml
+	CBDC_DATABASE_URL=sqlite:///$(DEMO_DIR)/demo.sqlite3 $(BIN)/cbdc reconcile
+	CBDC_DATABASE_URL=sqlite:///$(DEMO_DIR)/demo.sqlite3 $(BIN)/cbdc audit
+
+lint: $(VENV)/.installed-test
+	$(BIN)/ruff check cbdc api tests benchmarks migrations
+
+types: $(VENV)/.installed-test
+	$(BIN)/mypy
+
+# The whole suite: lint, types, unit, property, API, SQLite and PostgreSQL integration.
+# The tests start (and stop) a throwaway PostgreSQL themselves; if it cannot start they fail.
+test: $(VENV)/.installed-test postgres-binaries lint types
+	HYPOTHESIS_PROFILE=ci $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Deeper Hypothesis runs than the bounded CI profile.
+soak: $(VENV)/.installed-test postgres-binaries
+	HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -q tests/property $(PYTEST_ARGS)
+
+bench: $(VENV)/.installed-test
+	$(BIN)/python -m benchmarks
+
+# PostgreSQL 15 server binaries (Debian package postgresql-15), installed when missing and root.
+postgres-binaries:
+	@bash .ci/ensure-postgres
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache .hypothesis

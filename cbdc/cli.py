@@ -1,0 +1,238 @@
+"""The `cbdc` command line: a thin shell over the services.
+
+Every command takes ``--database-url`` (default ``$CBDC_DATABASE_URL``, else ``cbdc.sqlite3`` in
+the working directory). Domain errors print their stable code and exit 2; an audit with findings
+or a run with failed orders exits 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from cbdc.domain.errors import CbdcError
+from cbdc.domain.money import format_yuan
+from cbdc.services.audit import AuditReport, run_audit
+from cbdc.services.context import LedgerContext, open_ledger
+from cbdc.services.issuance_run import RunReport, execute_plan, load_plan
+from cbdc.services.reconcile import SupplyReport, supply_report
+from cbdc.storage import migrate
+from cbdc.storage.engine import database_url_from_env, make_engine, normalise_url
+
+app = typer.Typer(
+    help="cbdc: a two-tier central bank digital currency ledger.", no_args_is_help=True
+)
+db_app = typer.Typer(help="Database schema (Alembic migrations).", no_args_is_help=True)
+issue_app = typer.Typer(help="Central-bank issuance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+app.add_typer(issue_app, name="issue")
+
+console = Console(width=None if sys.stdout.isatty() else 132)
+errors = Console(stderr=True)
+
+DatabaseUrl = Annotated[
+    str | None,
+    typer.Option("--database-url", envvar="CBDC_DATABASE_URL",
+                 help="SQLAlchemy URL; default a SQLite file cbdc.sqlite3 here."),
+]
+AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def domain_errors(command: Callable[P, R]) -> Callable[P, R]:
+    """Turn a domain error into one line with its stable code and exit status 2."""
+
+    @wraps(command)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return command(*args, **kwargs)
+        except CbdcError as error:
+            errors.print(f"[bold red]error[/] [{error.code}] {error.detail}", highlight=False)
+            raise typer.Exit(2) from error
+
+    return wrapper
+
+
+def _url(database_url: str | None) -> str:
+    return normalise_url(database_url or database_url_from_env())
+
+
+def _open(database_url: str | None) -> LedgerContext:
+    return open_ledger(_url(database_url))
+
+
+@db_app.command("upgrade")
+@domain_errors
+def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
+    """Apply migrations up to REVISION (default: the newest)."""
+    url = _url(database_url)
+    migrate.upgrade(url, revision)
+    engine = make_engine(url)
+    try:
+        console.print(f"schema at [bold]{migrate.current_revision(engine)}[/]")
+    finally:
+        engine.dispose()
+
+
+@db_app.command("downgrade")
+@domain_errors
+def db_downgrade(revision: str, database_url: DatabaseUrl = None) -> None:
+    """Revert migrations down to REVISION ('base' removes everything)."""
+    migrate.downgrade(_url(database_url), revision)
+
+
+@db_app.command("current")
+@domain_errors
+def db_current(database_url: DatabaseUrl = None) -> None:
+    """Show the schema revision of the database and of the code."""
+    engine = make_engine(_url(database_url))
+    try:
+        current = migrate.current_revision(engine)
+    finally:
+        engine.dispose()
+    head = migrate.head_revision()
+    state = "up to date" if current == head else "BEHIND: run `cbdc db upgrade`"
+    console.print(f"database: {current or '(empty)'}  code: {head}  ({state})")
+
+
+@issue_app.command("run")
+@domain_errors
+def issue_run(plan_path: Path, database_url: DatabaseUrl = None, as_json: AsJson = False) -> None:
+    """Execute an issuance plan (TOML); safe to re-run after any interruption."""
+    plan = load_plan(plan_path)
+    context = _open(database_url)
+    try:
+        with _progress(quiet=as_json) as progress:
+            task = progress.add_task(f"run {plan.run_id}", total=len(plan.orders))
+            report = execute_plan(context, plan, on_order=lambda _: progress.advance(task))
+    finally:
+        context.dispose()
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_run(report)
+    if not report.complete:
+        raise typer.Exit(1)
+
+
+@app.command("audit")
+@domain_errors
+def audit(database_url: DatabaseUrl = None, as_json: AsJson = False) -> None:
+    """Re-check the whole ledger from its journal; exit 1 naming anything wrong."""
+    context = _open(database_url)
+    try:
+        with _progress(quiet=as_json) as progress:
+            task = progress.add_task("auditing journal", total=None)
+            report = run_audit(context, progress=lambda n: progress.advance(task, n))
+    finally:
+        context.dispose()
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        _print_audit(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("reconcile")
+@domain_errors
+def reconcile(
+    database_url: DatabaseUrl = None,
+    operator: Annotated[str | None, typer.Option(help="Only this operator.")] = None,
+    as_json: AsJson = False,
+) -> None:
+    """Print the supply report per operator and in total."""
+    context = _open(database_url)
+    try:
+        report = supply_report(context, operator_code=operator)
+    finally:
+        context.dispose()
+    if as_json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print_supply(report)
+    if operator is None and not report.balanced:
+        raise typer.Exit(1)
+
+
+def _progress(*, quiet: bool) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=errors, disable=quiet or not sys.stderr.isatty(), transient=True,
+    )
+
+
+def _cny(amount_fen: int) -> str:
+    return format_yuan(amount_fen)
+
+
+def _print_run(report: RunReport) -> None:
+    table = Table(title=f"Issuance run {report.run_id}", show_footer=True)
+    table.add_column("operator", footer="total")
+    table.add_column("issued (CNY)", justify="right", footer=_cny(report.issued_fen))
+    for code, amount in sorted(report.issued_by_operator.items()):
+        table.add_row(code, _cny(amount))
+    console.print(table)
+    zones = Table(title="by pilot zone")
+    zones.add_column("zone")
+    zones.add_column("issued (CNY)", justify="right")
+    for zone, amount in sorted(report.issued_by_zone.items()):
+        zones.add_row(zone or "(none)", _cny(amount))
+    console.print(zones)
+    console.print(
+        f"orders: {report.orders_planned} planned, {report.orders_issued_now} issued now, "
+        f"{report.orders_already_done} already done, {len(report.failures)} failed"
+    )
+    for order, error in report.failures:
+        errors.print(f"[red]order {order.number} ({order.operator}, "
+                     f"{_cny(order.amount_fen)} CNY): [{error.code}] {error.detail}")
+
+
+def print_supply(report: SupplyReport) -> None:
+    columns = ("quota", "issued", "redeemed", "outstanding", "reserve", "float", "wallets",
+               "escrow", "holdings")
+    table = Table(title="e-CNY supply by operator (CNY)")
+    table.add_column("operator")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for op in report.operators:
+        row: dict[str, Any] = op.as_dict()
+        table.add_row(op.code, *(_cny(row[f"{column}_fen"]) for column in columns))
+    console.print(table)
+    verdict = "[bold green]BALANCED[/]" if report.balanced else "[bold red]NOT BALANCED[/]"
+    console.print(
+        f"e-CNY outstanding {_cny(report.outstanding_fen)} = holdings "
+        f"{_cny(report.holdings_fen)}; central-bank liability "
+        f"{_cny(report.central_bank_liability_fen)} = reserves {_cny(report.reserves_fen)} + "
+        f"e-CNY {_cny(report.holdings_fen)}: {verdict}"
+    )
+
+
+def _print_audit(report: AuditReport) -> None:
+    console.print(
+        f"audited {report.entries_checked} journal entries and {report.accounts_checked} "
+        f"accounts; e-CNY outstanding {_cny(report.ecny_outstanding_fen)}, holdings "
+        f"{_cny(report.holdings_fen)}"
+    )
+    if report.ok:
+        console.print("[bold green]AUDIT PASSED[/]: chain intact, every entry balanced, "
+                      "every balance equal to its postings, supply conserved")
+        return
+    table = Table(title=f"AUDIT FAILED: {len(report.findings)} finding(s)", style="red")
+    for column in ("code", "where", "amount (fen)", "detail"):
+        table.add_column(column)
+    for finding in report.findings:
+        amount = "" if finding.amount_fen is None else str(finding.amount_fen)
+        table.add_row(finding.code, finding.subject, amount, finding.detail)
+    console.print(table)
