@@ -24,7 +24,13 @@ from typing import Any, Self
 import nacl.signing
 
 from cbdc.domain import signing
-from cbdc.domain.errors import CertificateRefused, InvalidMessage, InvalidSignature
+from cbdc.domain.errors import (
+    CertificateRefused,
+    FieldInvalid,
+    InvalidKey,
+    InvalidRequest,
+    InvalidSignature,
+)
 from cbdc.domain.money import yuan
 from cbdc.offline import messages
 from cbdc.offline.messages import (
@@ -74,7 +80,9 @@ def offline_caps_for(
     try:
         return caps_by_class[wallet_class]
     except KeyError:
-        raise InvalidMessage(f"no offline caps for wallet class {wallet_class!r}") from None
+        raise InvalidRequest(
+            f"no offline caps for wallet class {wallet_class!r}", code="wallet_class_invalid"
+        ) from None
 
 
 # --- certificates -------------------------------------------------------------------------
@@ -90,7 +98,9 @@ class Certificate:
     def __post_init__(self) -> None:
         role = self.message.get("role") if isinstance(self.message, Mapping) else None
         if role != self.role_expected():
-            raise InvalidMessage(f"expected a certificate of role {self.role_expected()!r}")
+            raise FieldInvalid(
+                f"expected a certificate of role {self.role_expected()!r}", field="role"
+            )
         object.__setattr__(self, "message", messages.validate(CERTIFICATE, self.message))
 
     @staticmethod
@@ -362,7 +372,7 @@ class OperatorAuthority:
 
     def __init__(self, signing_key: nacl.signing.SigningKey, certificate: OperatorCertificate):
         if certificate.public_key != bytes(signing_key.verify_key):
-            raise InvalidMessage("the operator certificate is for another key")
+            raise InvalidKey("the operator certificate is for another key")
         self._signing_key = signing_key
         self.certificate = certificate
 

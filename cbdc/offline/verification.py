@@ -21,7 +21,7 @@ from cbdc.domain import signing
 from cbdc.domain.errors import (
     CbdcError,
     CertificateRefused,
-    InvalidMessage,
+    InvalidEnvelope,
     InvalidRequest,
     OfflineRefused,
 )
@@ -127,14 +127,17 @@ def authenticate_offline_payment(
     signature of both certificates) already verified under ``root_public_key``, so a batch of
     payments from one device checks its chain once.
 
-    Order: (1) shape of the envelope, payment and certificates (``message_invalid``);
+    Order: (1) shape of the envelope, payment and certificates (``envelope_invalid``, then
+    the field codes of cbdc.domain.messages);
     (2) root -> operator -> device chain (``certificate_invalid``,
     ``certificate_chain_invalid``); (3) the payment names the certified device, wallet and
     ledger (``certificate_mismatch``); (4) the payment's signature (``signature_invalid``).
     """
     if not isinstance(envelope, Mapping) or set(envelope) != ENVELOPE_KEYS:
-        raise InvalidMessage(f"an offline payment envelope has exactly {sorted(ENVELOPE_KEYS)}")
-    message, signature = messages.open_envelope(OFFLINE_PAYMENT, envelope)
+        raise InvalidEnvelope(f"an offline payment envelope has exactly {sorted(ENVELOPE_KEYS)}")
+    message, signature = messages.open_envelope(
+        OFFLINE_PAYMENT, {"message": envelope["message"], "signature": envelope["signature"]}
+    )
     certificate = DeviceCertificate.from_envelope(envelope["certificate"])
     operator_certificate = OperatorCertificate.from_envelope(envelope["operator_certificate"])
     chain = (

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from cbdc.domain.errors import InvalidMessage
+from cbdc.domain.errors import InvalidMessage, InvalidRequest
 from cbdc.offline.messages import (
     OFFLINE_PAYMENT,
     REVOCATION_LIST,
@@ -48,43 +48,49 @@ def test_a_well_formed_payment_validates_to_an_equal_plain_copy() -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"),
+    ("field", "value", "code"),
     [
-        ("version", 2),
-        ("version", True),
-        ("currency", "USD"),
-        ("counter", 0),
-        ("counter", "3"),
-        ("amount_fen", 0),
-        ("amount_fen", 12.5),
-        ("amount_fen", 2**53),
-        ("payer_device", "has space"),
-        ("payer_device", "x" * 65),
-        ("prev_hash", "A" * 64),
-        ("created_at", "2026-03-01 09:00:00Z"),
-        ("created_at", "2026-03-01T09:00:00+00:00"),
-        ("created_at", "2026-02-30T09:00:00Z"),
-        ("created_at", "2026-03-01T09:00:00.1234567Z"),
-        ("payments_since_sync", 4),
+        ("version", 2, "version_unsupported"),
+        ("version", True, "field_invalid"),
+        ("domain", "cbdc/v1/payment", "domain_invalid"),
+        ("currency", "USD", "currency_unsupported"),
+        ("counter", 0, "field_invalid"),
+        ("counter", "3", "field_invalid"),
+        ("amount_fen", 0, "amount_invalid"),
+        ("amount_fen", 12.5, "amount_invalid"),
+        ("amount_fen", 2**53, "amount_invalid"),
+        ("payer_device", "has space", "field_invalid"),
+        ("payer_device", "x" * 65, "field_invalid"),
+        ("prev_hash", "A" * 64, "field_invalid"),
+        ("created_at", "2026-03-01 09:00:00Z", "field_invalid"),
+        ("created_at", "2026-03-01T09:00:00+00:00", "field_invalid"),
+        ("created_at", "2026-02-30T09:00:00Z", "field_invalid"),
+        ("created_at", "2026-03-01T09:00:00.1234567Z", "field_invalid"),
+        ("payments_since_sync", 4, "field_invalid"),
     ],
 )
-def test_bad_fields_are_refused(field: str, value: Any) -> None:
+def test_bad_fields_are_refused(field: str, value: Any, code: str) -> None:
     payment = a_payment()
     payment[field] = value
-    with pytest.raises(InvalidMessage) as caught:
+    with pytest.raises(InvalidRequest) as caught:
         validate(OFFLINE_PAYMENT, payment)
-    assert caught.value.code == "message_invalid"
+    assert caught.value.code == code
+    assert caught.value.extra.get("field") == field
 
 
 def test_the_field_set_is_exact() -> None:
     missing = a_payment()
     del missing["prev_hash"]
     extra = {**a_payment(), "memo": "thanks"}
-    for message in (missing, extra, [], "x"):
-        with pytest.raises(InvalidMessage):
+    for message, code in (
+        (missing, "field_missing"), (extra, "field_unknown"), ([], "message_invalid")
+    ):
+        with pytest.raises(InvalidMessage) as caught:
             validate(OFFLINE_PAYMENT, message)
-    with pytest.raises(InvalidMessage):
+        assert caught.value.code == code
+    with pytest.raises(InvalidMessage) as caught:
         validate(UNLOAD, a_payment())  # a payment is not an unload
+    assert caught.value.code == "domain_invalid"
 
 
 def test_an_unload_cannot_return_more_than_was_loaded_and_not_paid() -> None:
@@ -112,15 +118,16 @@ def test_certificate_windows_and_caps_are_consistent() -> None:
     certificate = world.device("card").certificate
     assert certificate is not None
     message = dict(certificate.message)
-    for change in (
-        {"not_after": message["not_before"]},
-        {"offline_payment_fen_max": message["offline_balance_fen_max"] + 1},
-        {"wallet_class": 5},
-        {"role": "bank"},
-        {"public_key": "00" * 32},  # not a point of prime order
+    for change, code in (
+        ({"not_after": message["not_before"]}, "field_invalid"),
+        ({"offline_payment_fen_max": message["offline_balance_fen_max"] + 1}, "field_invalid"),
+        ({"wallet_class": 5}, "field_invalid"),
+        ({"role": "bank"}, "field_unknown"),  # judged as an operator certificate
+        ({"public_key": "00" * 32}, "public_key_invalid"),  # not of prime order
     ):
-        with pytest.raises(InvalidMessage):
+        with pytest.raises(InvalidRequest) as caught:
             validate("cbdc/v1/certificate", {**message, **change})
+        assert caught.value.code == code
 
 
 @given(st.datetimes(timezones=st.just(UTC), min_value=datetime(1970, 1, 1)))

@@ -176,8 +176,12 @@ class OfflineMachine(RuleBasedStateMachine):
                 )
 
 
+# At least this much exploration; a larger profile (HYPOTHESIS_PROFILE=soak) explores more.
 OfflineMachine.TestCase.settings = settings(
-    max_examples=80, stateful_step_count=40, deadline=None
+    settings.default,
+    max_examples=max(settings.default.max_examples, 80),
+    stateful_step_count=max(settings.default.stateful_step_count, 40),
+    deadline=None,
 )
 test_offline_machine = OfflineMachine.TestCase
 
