@@ -26,7 +26,7 @@ demo: $(VENV)/.installed-runtime
 	$(BIN)/cbdc simulate --seed 42 --out $(DEMO_DIR)
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check cbdc api tests benchmarks migrations
+	$(BIN)/ruff check cbdc api tests benchmarks migrations scripts
 
 types: $(VENV)/.installed-test
 	$(BIN)/mypy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["benchmarks.ledger_posting", "benchmarks.simulation"]
+MODULES = ["benchmarks.ledger_posting", "benchmarks.payments", "benchmarks.simulation"]
 
 
 def main() -> int:

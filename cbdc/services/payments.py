@@ -37,8 +37,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,6 +47,7 @@ from sqlalchemy import Connection, select, update
 from sqlalchemy.exc import IntegrityError
 
 from cbdc.domain.errors import (
+    CbdcError,
     Conflict,
     Forbidden,
     InsufficientFunds,
@@ -62,13 +64,17 @@ from cbdc.services.wallets import check_active, party, wallet_account_code
 from cbdc.storage.journal import PostedEntry, post_entries
 from cbdc.storage.payments import (
     NewPayment,
+    PaymentRecord,
     find_payment,
+    find_payments,
     insert_payment,
-    save_key_sequence,
+    insert_payments,
+    save_key_sequences,
     save_usage,
+    save_usages,
 )
-from cbdc.storage.tables import payment_requests, wallets
-from cbdc.storage.wallets import KeyRow, WalletRow, load_key, load_wallets
+from cbdc.storage.tables import accounts, payment_requests, wallets
+from cbdc.storage.wallets import KeyRow, WalletRow, load_keys, load_wallets, wallet_not_found
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,30 +97,175 @@ class Settlement:
 
 def settle_payment(context: LedgerContext, envelope: Mapping[str, Any]) -> Settlement:
     """Verify and settle a signed payment (order of checks: see the module docstring)."""
-    message = verify_envelope(envelope, PAYMENT)
-    check_ledger(context, message)
-    if message["payer"] == message["payee"]:
-        raise InvalidRequest("a wallet cannot pay itself", code="payee_invalid", field="payee")
-    payment = signed(message, envelope)
+    (result,) = settle_payments(context, [envelope])
+    if isinstance(result, CbdcError):
+        raise result
+    return result
+
+
+def settle_payments(
+    context: LedgerContext, envelopes: Sequence[Mapping[str, Any]]
+) -> list[Settlement | CbdcError]:
+    """Verify and settle many signed payments, in order, in one transaction.
+
+    Each answer is what :func:`settle_payment` would have answered for that payment had the
+    ones before it been settled one by one: the checks run in the same order against the batch's
+    running state (balances, counters, sequences, requests paid). Refused payments change
+    nothing; the others are posted together, which is what makes batches fast."""
+    results: list[Settlement | CbdcError | None] = [None] * len(envelopes)
+    verified: list[tuple[int, Signed]] = []
+    for index, outcome in enumerate(verify_all(context, envelopes)):
+        if isinstance(outcome, CbdcError):
+            results[index] = outcome
+        else:
+            verified.append((index, outcome))
+    if verified:
+        try:
+            with context.write() as connection:
+                _settle_batch(context, connection, verified, results)
+        except IntegrityError:
+            # A concurrent settlement won the race for a unique key our locks did not cover
+            # (same payment id or key sequence from other wallets). Settle one by one, each
+            # answering as if it had come second where it did.
+            for index, payment in verified:
+                results[index] = _settle_alone(context, payment)
+    assert all(result is not None for result in results)
+    return results  # type: ignore[return-value]
+
+
+#: Batches at least this long verify their signatures on two threads (PyNaCl releases the GIL).
+PARALLEL_VERIFY_MIN = 64
+_VERIFIERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cbdc-verify")
+
+
+def verify_all(
+    context: LedgerContext, envelopes: Sequence[Mapping[str, Any]]
+) -> list[Signed | CbdcError]:
+    """Steps 1-3 of the order for each envelope, signatures checked in parallel."""
+
+    def one(envelope: Mapping[str, Any]) -> Signed | CbdcError:
+        try:
+            message = verify_envelope(envelope, PAYMENT)
+            check_ledger(context, message)
+            if message["payer"] == message["payee"]:
+                raise InvalidRequest(
+                    "a wallet cannot pay itself", code="payee_invalid", field="payee"
+                )
+            return signed(message, envelope)
+        except CbdcError as error:
+            return error
+
+    if len(envelopes) < PARALLEL_VERIFY_MIN:
+        return [one(envelope) for envelope in envelopes]
+    half = len(envelopes) // 2
+    first = _VERIFIERS.submit(lambda: [one(envelope) for envelope in envelopes[:half]])
+    second = [one(envelope) for envelope in envelopes[half:]]
+    return first.result() + second
+
+
+def _settle_alone(context: LedgerContext, payment: Signed) -> Settlement | CbdcError:
+    results: list[Settlement | CbdcError | None] = [None]
     try:
         with context.write() as connection:
-            return _settle_payment(context, connection, payment)
+            _settle_batch(context, connection, [(0, payment)], results)
     except IntegrityError:
-        # A concurrent settlement under the same id or (key, sequence) won the race for a unique
-        # key that our locks did not cover: answer as if we had come second.
-        return answer_after_race(context, message["payment_id"], payment.message_hash,
-                                 "payment")
+        try:
+            return answer_after_race(
+                context, payment.message["payment_id"], payment.message_hash, "payment"
+            )
+        except CbdcError as error:
+            return error
+    assert results[0] is not None
+    return results[0]
 
 
-def _settle_payment(context: LedgerContext, connection: Connection, payment: Signed) -> Settlement:
+@dataclass
+class _Batch:
+    """The running state of one batch: rows as the batch has changed them so far."""
+
+    wallets: dict[str, WalletRow]
+    keys: dict[str, KeyRow]
+    recorded: dict[str, PaymentRecord]
+    requests: dict[str, Any]
+    floats: dict[int, int]
+    in_batch: dict[str, tuple[str, int]] = field(default_factory=dict)
+    requests_paid: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Accepted:
+    index: int
+    payment: Signed
+    payer: WalletRow
+    payee: WalletRow
+    key: KeyRow
+    plan: TransferPlan
+    drafts: list[EntryDraft]
+
+
+def _settle_batch(
+    context: LedgerContext,
+    connection: Connection,
+    verified: list[tuple[int, Signed]],
+    results: list[Settlement | CbdcError | None],
+) -> None:
+    """Steps 4-12 for each payment against the batch's running state, then one posting."""
+    messages = [payment.message for _, payment in verified]
+    batch = _Batch(
+        wallets=load_wallets(
+            connection,
+            [m["payer"] for m in messages] + [m["payee"] for m in messages],
+            lock=True,
+            require_all=False,
+        ),
+        keys=load_keys(connection, [m["public_key"] for m in messages], lock=True),
+        recorded=find_payments(connection, sorted({m["payment_id"] for m in messages})),
+        requests=_load_requests(connection, {m["request_id"] for m in messages
+                                             if "request_id" in m}),
+        floats={},
+    )
+    batch.floats = _float_balances(connection, batch.wallets.values())
+    now = context.now()
+    accepted: list[_Accepted] = []
+    for index, payment in verified:
+        try:
+            outcome = _check_and_apply(context, batch, index, payment, now)
+        except CbdcError as error:
+            results[index] = error
+            continue
+        if isinstance(outcome, _Accepted):
+            accepted.append(outcome)
+        elif outcome is not None:
+            results[index] = outcome
+    if accepted:
+        _record(context, connection, batch, accepted, results, now)
+    for index, payment in verified:  # repeats of a payment settled earlier in this batch
+        if results[index] is None:
+            first_index = batch.in_batch[payment.message["payment_id"]][1]
+            first = results[first_index]
+            assert isinstance(first, Settlement)
+            results[index] = replace(first, replayed=True)
+
+
+def _check_and_apply(
+    context: LedgerContext, batch: _Batch, index: int, payment: Signed, now: datetime
+) -> _Accepted | Settlement | None:
+    """Steps 4-12 for one payment; on success the batch's state moves as the payment would move
+    it. Returns a Settlement for a payment recorded before, None for a repeat within the batch."""
     message = payment.message
-    rows = load_wallets(connection, [message["payer"], message["payee"]], lock=True)
-    payer, payee = rows[message["payer"]], rows[message["payee"]]
-    key = load_key(connection, message["public_key"], lock=True)
-    first = recorded(connection, message["payment_id"], payment.message_hash, "payment")
-    if first is not None:
-        return first
-    key = check_signing_key(key, payer)
+    payer, payee = batch.wallets.get(message["payer"]), batch.wallets.get(message["payee"])
+    if payer is None or payee is None:
+        raise wallet_not_found(message["payer"] if payer is None else message["payee"])
+    payment_id = message["payment_id"]
+    record = batch.recorded.get(payment_id)
+    if record is not None:
+        return from_record(record, payment.message_hash, "payment")
+    if payment_id in batch.in_batch:
+        if batch.in_batch[payment_id][0] != payment.message_hash:
+            raise Conflict(f"{payment_id} already settled from another message",
+                           code="payment_conflict")
+        return None
+    key = check_signing_key(batch.keys.get(message["public_key"]), payer)
     if message["sequence"] <= key.last_sequence:
         raise Conflict(
             f"sequence {message['sequence']} is not above {key.last_sequence}, the last this "
@@ -124,30 +275,98 @@ def _settle_payment(context: LedgerContext, connection: Connection, payment: Sig
         )
     check_active(payer)
     check_active(payee)
-    now = context.now()
-    request_row_id = _check_request(connection, message, now)
+    request_id = message.get("request_id")
+    if request_id is not None:
+        _check_request(batch, message, now)
     plan = plan_transfer(party(context, payer, now), party(context, payee, now),
                          message["amount_fen"])
-    settlement, payment_row_id = settle(
-        context,
-        connection,
-        kind="payment",
-        payment_id=message["payment_id"],
-        payer=payer,
-        payee=payee,
-        plan=plan,
-        key=key,
-        sequence=message["sequence"],
-        signed=payment,
+    if plan.topped_up_fen > batch.floats[payer.operator_float_account_id]:
+        raise InsufficientFunds(
+            f"the linked bank account could not cover the {plan.topped_up_fen} fen shortfall",
+            wallet=payer.wallet_id,
+            shortfall_fen=plan.topped_up_fen,
+        )
+    _apply(batch, payer, payee, key, plan, message, now)
+    batch.in_batch[payment_id] = (payment.message_hash, index)
+    if request_id is not None:
+        batch.requests_paid[request_id] = payment_id
+    return _Accepted(index, payment, payer, payee, key, plan,
+                     settlement_drafts("payment", payment_id, payer, payee, plan))
+
+
+def _apply(
+    batch: _Batch,
+    payer: WalletRow,
+    payee: WalletRow,
+    key: KeyRow,
+    plan: TransferPlan,
+    message: Message,
+    now: datetime,
+) -> None:
+    """Move the batch's running state as the payment's entries will move the ledger."""
+    amount = plan.amount_fen
+    batch.floats[payer.operator_float_account_id] -= plan.topped_up_fen
+    batch.floats[payee.operator_float_account_id] += plan.swept_fen
+    payer_now = batch.wallets[payer.wallet_id]
+    batch.wallets[payer.wallet_id] = replace(
+        payer_now,
+        balance_fen=payer_now.balance_fen + plan.topped_up_fen - amount,
+        usage=payer_now.usage.at(now).plus(amount),
     )
-    save_key_sequence(connection, key.id, message["sequence"])
-    if request_row_id is not None:
+    payee_now = batch.wallets[payee.wallet_id]
+    batch.wallets[payee.wallet_id] = replace(
+        payee_now, balance_fen=payee_now.balance_fen + amount - plan.swept_fen
+    )
+    batch.keys[key.public_key] = replace(key, last_sequence=message["sequence"])
+
+
+def _record(
+    context: LedgerContext,
+    connection: Connection,
+    batch: _Batch,
+    accepted: list[_Accepted],
+    results: list[Settlement | CbdcError | None],
+    now: datetime,
+) -> None:
+    """Post every accepted payment's entries, then write rows, counters and sequences."""
+    drafts = [draft for item in accepted for draft in item.drafts]
+    posted = post_entries(connection, drafts, now=now, atomic=True)
+    entries = {entry.entry_id: entry for entry in posted if isinstance(entry, PostedEntry)}
+    new_rows = []
+    for item in accepted:
+        payment_id = item.payment.message["payment_id"]
+        entry = entries[f"payment:{payment_id}"]
+        settlement, row = settled_row(
+            context, kind="payment", payment_id=payment_id, payer=item.payer,
+            payee=item.payee, plan=item.plan, key=item.key, signed=item.payment,
+            sequence=item.payment.message["sequence"], entry=entry,
+        )
+        results[item.index] = settlement
+        new_rows.append(row)
+    row_ids = insert_payments(connection, new_rows)
+    touched = {item.payer.wallet_id for item in accepted}
+    save_usages(connection, {batch.wallets[w].id: batch.wallets[w].usage for w in touched})
+    save_key_sequences(
+        connection, {batch.keys[k].id: batch.keys[k].last_sequence
+                     for k in {item.key.public_key for item in accepted}}
+    )
+    for request_id, payment_id in batch.requests_paid.items():
         connection.execute(
             update(payment_requests)
-            .where(payment_requests.c.id == request_row_id)
-            .values(status="paid", paid_payment_id=payment_row_id)
+            .where(payment_requests.c.id == batch.requests[request_id].id)
+            .values(status="paid", paid_payment_id=row_ids[payment_id])
         )
-    return settlement
+
+
+def _float_balances(connection: Connection, rows: Iterable[WalletRow]) -> dict[int, int]:
+    """Balances of the operator floats that waterfalls may draw on or sweep to."""
+    account_ids = sorted({row.operator_float_account_id for row in rows})
+    if not account_ids:
+        return {}
+    found = connection.execute(
+        select(accounts.c.id, accounts.c.balance_fen).where(accounts.c.id.in_(account_ids))
+    )
+    return {int(row.id): int(row.balance_fen) for row in found}
 
 
 def check_ledger(context: LedgerContext, message: Message) -> None:
@@ -191,21 +410,27 @@ def check_signing_key(key: KeyRow | None, signer: WalletRow) -> KeyRow:
     return key
 
 
-def _check_request(connection: Connection, message: Message, now: datetime) -> int | None:
-    request_id = message.get("request_id")
-    if request_id is None:
-        return None
-    row = connection.execute(
+def _load_requests(connection: Connection, request_ids: set[str]) -> dict[str, Any]:
+    if not request_ids:
+        return {}
+    rows = connection.execute(
         select(
             payment_requests.c.id,
+            payment_requests.c.request_id,
             payment_requests.c.amount_fen,
             payment_requests.c.status,
             payment_requests.c.expires_at,
             wallets.c.wallet_id.label("merchant"),
         )
         .join(wallets, wallets.c.id == payment_requests.c.merchant_wallet_id)
-        .where(payment_requests.c.request_id == request_id)
-    ).first()
+        .where(payment_requests.c.request_id.in_(sorted(request_ids)))
+    )
+    return {row.request_id: row for row in rows}
+
+
+def _check_request(batch: _Batch, message: Message, now: datetime) -> None:
+    request_id = message["request_id"]
+    row = batch.requests.get(request_id)
     if row is None:
         raise NotFound(f"no payment request {request_id!r}", code="payment_request_not_found")
     if row.merchant != message["payee"] or row.amount_fen != message["amount_fen"]:
@@ -213,13 +438,12 @@ def _check_request(connection: Connection, message: Message, now: datetime) -> i
             f"payment request {request_id} is for {row.amount_fen} fen to {row.merchant}",
             code="payment_request_mismatch",
         )
-    if row.status != "open":
+    if row.status != "open" or request_id in batch.requests_paid:
         raise Conflict(f"payment request {request_id} is already paid",
                        code="payment_request_paid")
     if now >= as_utc(row.expires_at):
         raise StatusRefused(f"payment request {request_id} has expired",
                             code="payment_request_expired")
-    return int(row.id)
 
 
 def recorded(
@@ -228,11 +452,14 @@ def recorded(
     """The first result for ``payment_id`` if it settled from the same message; None if it never
     settled; a ``<kind>_conflict`` if it settled from another message."""
     row = find_payment(connection, payment_id)
-    if row is None:
-        return None
+    return None if row is None else from_record(row, digest, kind)
+
+
+def from_record(row: PaymentRecord, digest: str, kind: str) -> Settlement:
+    """The first result of a recorded settlement, or ``<kind>_conflict`` for another message."""
     if row.message_hash != digest or row.kind != kind:
         raise Conflict(
-            f"{payment_id} already settled from another message",
+            f"{row.payment_id} already settled from another message",
             code=f"{kind}_conflict",
         )
     receipt: Envelope = json.loads(row.receipt_json)
@@ -299,6 +526,30 @@ def settle(
             shortfall_fen=plan.topped_up_fen,
         ) from None
     entry = next(p for p in posted if isinstance(p, PostedEntry) and p.kind == kind)
+    if counts_as_spending:
+        save_usage(connection, payer.id, payer.usage.at(now).plus(plan.amount_fen))
+    settlement, row = settled_row(
+        context, kind=kind, payment_id=payment_id, payer=payer, payee=payee, plan=plan,
+        key=key, signed=signed, sequence=sequence, original_id=original_id, entry=entry,
+    )
+    return settlement, insert_payment(connection, row)
+
+
+def settled_row(
+    context: LedgerContext,
+    *,
+    kind: str,
+    payment_id: str,
+    payer: WalletRow,
+    payee: WalletRow,
+    plan: TransferPlan,
+    key: KeyRow,
+    signed: Signed,
+    entry: PostedEntry,
+    sequence: int | None = None,
+    original_id: int | None = None,
+) -> tuple[Settlement, NewPayment]:
+    """The ledger-signed receipt for a posted settlement, its answer, and its payment row."""
     receipt = sign_receipt(
         ledger_key(context),
         ledger_id=context.ledger_id,
@@ -311,28 +562,23 @@ def settle(
         entry_hash=entry.entry_hash,
         settled_at=entry.created_at,
     )
-    if counts_as_spending:
-        save_usage(connection, payer.id, payer.usage.at(now).plus(plan.amount_fen))
-    row_id = insert_payment(
-        connection,
-        NewPayment(
-            payment_id=payment_id,
-            kind=kind,
-            payer_wallet_row_id=payer.id,
-            payee_wallet_row_id=payee.id,
-            amount_fen=plan.amount_fen,
-            key_id=key.id,
-            sequence=sequence,
-            message_json=signed.message_json,
-            message_hash=signed.message_hash,
-            signature=signed.signature,
-            entry_seq=entry.seq,
-            original_id=original_id,
-            topped_up_fen=plan.topped_up_fen,
-            swept_fen=plan.swept_fen,
-            receipt_json=canonical_json(receipt).decode("ascii"),
-            settled_at=entry.created_at,
-        ),
+    row = NewPayment(
+        payment_id=payment_id,
+        kind=kind,
+        payer_wallet_row_id=payer.id,
+        payee_wallet_row_id=payee.id,
+        amount_fen=plan.amount_fen,
+        key_id=key.id,
+        sequence=sequence,
+        message_json=signed.message_json,
+        message_hash=signed.message_hash,
+        signature=signed.signature,
+        entry_seq=entry.seq,
+        original_id=original_id,
+        topped_up_fen=plan.topped_up_fen,
+        swept_fen=plan.swept_fen,
+        receipt_json=canonical_json(receipt).decode("ascii"),
+        settled_at=entry.created_at,
     )
     settlement = Settlement(
         payment_id=payment_id,
@@ -347,7 +593,7 @@ def settle(
         swept_fen=plan.swept_fen,
         receipt=receipt,
     )
-    return settlement, row_id
+    return settlement, row
 
 
 def settlement_drafts(

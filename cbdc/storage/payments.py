@@ -9,6 +9,7 @@ and key rows these statements touch.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -74,18 +75,70 @@ def find_payment(connection: Connection, payment_id: str) -> PaymentRecord | Non
     return None if row is None else PaymentRecord(*row)
 
 
+def find_payments(connection: Connection, payment_ids: Sequence[str]) -> dict[str, PaymentRecord]:
+    """The recorded settlements among ``payment_ids``, by payment id (one query)."""
+    if not payment_ids:
+        return {}
+    marks = ", ".join("?" for _ in payment_ids)
+    sql = _FIND_PAYMENT.replace("payment_id = ?", f"payment_id IN ({marks})")
+    rows = connection.exec_driver_sql(driver_sql(connection, sql), tuple(payment_ids))
+    return {row.payment_id: PaymentRecord(*row) for row in rows}
+
+
+def insert_payments(connection: Connection, new: Sequence[NewPayment]) -> dict[str, int]:
+    """Record many settlements with one statement; returns their row ids by payment id."""
+    if not new:
+        return {}
+    sql = _INSERT_PAYMENT.removesuffix(" RETURNING id")
+    connection.exec_driver_sql(
+        driver_sql(connection, sql), [_values(connection, payment) for payment in new]
+    )
+    marks = ", ".join("?" for _ in new)
+    sql = f"SELECT payment_id, id FROM payments WHERE payment_id IN ({marks})"
+    rows = connection.exec_driver_sql(
+        driver_sql(connection, sql), tuple(payment.payment_id for payment in new)
+    )
+    return {row.payment_id: int(row.id) for row in rows}
+
+
+def save_usages(connection: Connection, usages: Mapping[int, Usage]) -> None:
+    """Store the running limit counters of many wallets (by wallet row id) in one statement."""
+    if usages:
+        connection.exec_driver_sql(
+            driver_sql(connection, _SAVE_USAGE),
+            [
+                (usage.day.isoformat(), usage.spent_day_fen, usage.year, usage.spent_year_fen,
+                 wallet_row_id)
+                for wallet_row_id, usage in sorted(usages.items())
+            ],
+        )
+
+
+def save_key_sequences(connection: Connection, sequences: Mapping[int, int]) -> None:
+    if sequences:
+        connection.exec_driver_sql(
+            driver_sql(connection, _SAVE_SEQUENCE),
+            [(sequence, key_id) for key_id, sequence in sorted(sequences.items())],
+        )
+
+
 def insert_payment(connection: Connection, payment: NewPayment) -> int:
     """Record a settlement; a second row for the same payment id or ``(key, sequence)`` is
     refused by the database (IntegrityError), whatever the services did."""
-    values: tuple[Any, ...] = (
+    return int(
+        connection.exec_driver_sql(
+            driver_sql(connection, _INSERT_PAYMENT), _values(connection, payment)
+        ).scalar_one()
+    )
+
+
+def _values(connection: Connection, payment: NewPayment) -> tuple[Any, ...]:
+    return (
         payment.payment_id, payment.kind, payment.payer_wallet_row_id,
         payment.payee_wallet_row_id, payment.amount_fen, payment.key_id, payment.sequence,
         payment.message_json, payment.message_hash, payment.signature, payment.entry_seq,
         payment.original_id, payment.topped_up_fen, payment.swept_fen, payment.receipt_json,
         _stored_time(connection, payment.settled_at),
-    )
-    return int(
-        connection.exec_driver_sql(driver_sql(connection, _INSERT_PAYMENT), values).scalar_one()
     )
 
 

@@ -120,19 +120,28 @@ def _as_date(value: Any) -> date:
 
 
 def load_wallets(
-    connection: Connection, wallet_ids: Iterable[str], *, lock: bool = False
+    connection: Connection,
+    wallet_ids: Iterable[str],
+    *,
+    lock: bool = False,
+    require_all: bool = True,
 ) -> dict[str, WalletRow]:
     """The wallets named, by wallet id; with ``lock``, their rows are locked (PostgreSQL) in
-    ascending ``wallets.id`` order. Raises NotFound (``wallet_not_found``) for a missing one."""
+    ascending ``wallets.id`` order. Raises NotFound (``wallet_not_found``) for a missing one,
+    unless ``require_all`` is false (batches answer each item on its own)."""
     wanted = sorted(set(wallet_ids))
     if not wanted:
         return {}
     rows = _select_in(connection, _WALLET_SELECT, "w", "wallet_id", wanted, lock)
     found = {row.wallet_id: _row(row) for row in rows}
-    for wallet_id in wanted:
+    for wallet_id in wanted if require_all else ():
         if wallet_id not in found:
-            raise NotFound(f"no wallet {wallet_id!r}", code="wallet_not_found", wallet=wallet_id)
+            raise wallet_not_found(wallet_id)
     return found
+
+
+def wallet_not_found(wallet_id: str) -> NotFound:
+    return NotFound(f"no wallet {wallet_id!r}", code="wallet_not_found", wallet=wallet_id)
 
 
 def load_wallet(connection: Connection, wallet_id: str, *, lock: bool = False) -> WalletRow:
