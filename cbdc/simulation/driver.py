@@ -26,7 +26,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
 from typing import Any
 
@@ -94,6 +94,10 @@ class _Pending:
 class _Batch:
     commands: list[Timed] = field(default_factory=list)
     pending: list[_Pending] = field(default_factory=list)
+
+    @property
+    def opened_at(self) -> datetime:
+        return self.commands[0].at
 
     def add(self, at: datetime, command: Command, on_outcome: Callable[[Outcome], None]) -> None:
         self.commands.append(Timed(at, command))
@@ -258,12 +262,15 @@ class Driver:
         urn = self._urn()
         slots = sum(urn.values())
         per_hour = apportion(slots, list(scenario.hourly_weights) * scenario.days)
+        window = timedelta(seconds=scenario.batch_seconds)
         done = 0
         for hour, count in enumerate(per_hour):
             self.hour = hour
             begins = self.start + timedelta(hours=hour)
             for slot in range(count):
                 at = begins + timedelta(microseconds=slot * 3_600_000_000 // count)
+                if self.batch and at - self.batch.opened_at > window:
+                    self._flush()
                 self._slot(self._draw(urn), at)
                 if len(self.batch) >= scenario.batch_size:
                     self._flush()
@@ -571,7 +578,7 @@ class Driver:
         return self.counter
 
     def _add(self, at: datetime, command: Command, on_outcome: Callable[[Outcome], None]) -> None:
-        self.batch.add(at, command, on_outcome)
+        self.batch.add(at.astimezone(UTC), command, on_outcome)
 
     def _flush(self) -> None:
         if not self.batch:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import Connection, func, select
 
 from cbdc.clock import ManualClock
 from cbdc.domain.errors import CbdcError, Conflict
@@ -37,6 +37,9 @@ from cbdc.simulation.ports import (
 )
 from cbdc.storage.tables import journal_entries
 
+#: Commands that set the stage for a batch's payments: run first, each at its own moment.
+_STAGE = (OpenWallet, TopUp, PresentRequest)
+
 
 class InProcessLedger:
     def __init__(self, context: LedgerContext, clock: ManualClock) -> None:
@@ -61,25 +64,61 @@ class InProcessLedger:
         return execute_plan(self.context, plan)
 
     def submit(self, batch: Sequence[Timed]) -> list[Outcome]:
-        outcomes = []
+        """One unit of work: first what sets the stage (wallets, top-ups, payment requests),
+        each at its own moment; then every signed payment in one :func:`settle_payments` call,
+        and the rest (captures, refunds, withdrawals) in order, all at the batch's last moment:
+        the ledger settles a batch when its window closes. Credits all come before debits, so
+        no payer the driver funded can be short because of the grouping."""
+        outcomes: list[Outcome | None] = [None] * len(batch)
+        settles_at = max((timed.at for timed in batch), default=None)
         with self.context.write() as connection:
-            for timed in batch:
-                self.clock.set(timed.at)
-                savepoint = connection.begin_nested()
-                try:
-                    outcome = self._apply(timed.command)
-                except CbdcError as error:
-                    savepoint.rollback()
-                    outcomes.append(Outcome.refused(error.code))
-                else:
-                    savepoint.commit()
-                    outcomes.append(outcome)
-        return outcomes
+            for index, timed in enumerate(batch):
+                if isinstance(timed.command, _STAGE):
+                    outcomes[index] = self._one(connection, timed.at, timed.command)
+            if settles_at is not None:
+                self._payments(connection, batch, outcomes, settles_at)
+            for index, timed in enumerate(batch):
+                if outcomes[index] is None:
+                    outcomes[index] = self._one(connection, settles_at or timed.at,
+                                                timed.command)
+        assert all(outcome is not None for outcome in outcomes)
+        return outcomes  # type: ignore[return-value]
+
+    def _one(self, connection: Connection, at: datetime, command: Command) -> Outcome:
+        """One command in its own savepoint: a refusal leaves nothing behind."""
+        self.clock.set(at)
+        savepoint = connection.begin_nested()
+        try:
+            outcome = self._apply(command)
+        except CbdcError as error:
+            savepoint.rollback()
+            return Outcome.refused(error.code)
+        except BaseException:
+            savepoint.rollback()
+            raise
+        savepoint.commit()
+        return outcome
+
+    def _payments(
+        self, connection: Connection, batch: Sequence[Timed], outcomes: list[Outcome | None],
+        settles_at: datetime,
+    ) -> None:
+        indices, envelopes = [], []
+        for index, timed in enumerate(batch):
+            if isinstance(timed.command, Pay):
+                indices.append(index)
+                envelopes.append(timed.command.payment)
+        if not indices:
+            return
+        self.clock.set(settles_at)
+        with connection.begin_nested():
+            results = payments.settle_payments(self.context, envelopes)
+        for index, result in zip(indices, results, strict=True):
+            outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
+                               else _settled(result))
 
     def _apply(self, command: Command) -> Outcome:
         context = self.context
-        if isinstance(command, Pay):
-            return _settled(payments.settle_payment(context, command.payment))
         if isinstance(command, PresentRequest):
             merchants.create_payment_request(context, command.request)
             return Outcome(ok=True)

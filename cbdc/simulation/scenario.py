@@ -101,6 +101,7 @@ class Scenario:
     hourly_weights: tuple[int, ...]
     mix: tuple[tuple[str, int], ...]
     batch_size: int
+    batch_seconds: int
     request_valid_seconds: int
     full_refund_percent: int
     amount_buckets: tuple[AmountBucket, ...]
@@ -292,6 +293,7 @@ def parse_scenario(document: Mapping[str, Any]) -> Scenario:
         hourly_weights=_hourly_weights(payments),
         mix=_mix(payments),
         batch_size=payments.integer("batch_size", low=1, high=10_000),
+        batch_seconds=payments.integer("batch_seconds", low=0, high=3_600),
         request_valid_seconds=payments.integer("request_valid_seconds", low=1),
         full_refund_percent=payments.integer("full_refund_percent", high=100),
         amount_buckets=_buckets(root.sub("amounts")),
@@ -365,6 +367,9 @@ def _check(scenario: Scenario) -> None:
             raise _invalid(f"{label}: every share is zero")
     if not any(share for _, share in scenario.class_shares):
         raise _invalid("[wallets]: every class share is zero")
+    if scenario.batch_seconds >= scenario.request_valid_seconds:
+        raise _invalid("[payments]: batch_seconds must be shorter than request_valid_seconds "
+                       "(a batch settles when its window closes)")
     for category in scenario.categories:
         if len(category.mcc) != 4 or not category.mcc.isdigit():
             raise _invalid(f"merchant category {category.name}: mcc must be 4 digits")
