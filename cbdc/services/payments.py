@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -52,10 +52,18 @@ from cbdc.domain.errors import (
     Forbidden,
     InsufficientFunds,
     InvalidRequest,
+    InvalidSignature,
     NotFound,
     StatusRefused,
 )
-from cbdc.domain.messages import PAYMENT, Envelope, Message, parse_time, verify_envelope
+from cbdc.domain.messages import (
+    PAYMENT,
+    Envelope,
+    Message,
+    PreparedEnvelope,
+    parse_time,
+    prepare_envelope,
+)
 from cbdc.domain.postings import EntryDraft, canonical_json, transfer
 from cbdc.domain.receipts import LedgerKey, sign_receipt
 from cbdc.domain.settlement import TransferPlan, plan_transfer
@@ -111,63 +119,90 @@ def settle_payments(
     Each answer is what :func:`settle_payment` would have answered for that payment had the
     ones before it been settled one by one: the checks run in the same order against the batch's
     running state (balances, counters, sequences, requests paid). Refused payments change
-    nothing; the others are posted together, which is what makes batches fast."""
+    nothing; the others are posted together, which is what makes batches fast.
+
+    Signatures (step 2) are checked on a second thread while this one runs steps 4-12
+    optimistically; nothing is written until every verdict is in, and a payment whose signature
+    fails is answered ``signature_invalid`` (step 2 comes first) and the batch is re-checked
+    without it."""
     results: list[Settlement | CbdcError | None] = [None] * len(envelopes)
-    verified: list[tuple[int, Signed]] = []
-    for index, outcome in enumerate(verify_all(context, envelopes)):
-        if isinstance(outcome, CbdcError):
-            results[index] = outcome
-        else:
-            verified.append((index, outcome))
-    if verified:
+    candidates: list[tuple[int, Signed]] = []
+    prepared: list[tuple[int, PreparedEnvelope, CbdcError | None]] = []
+    for index, envelope in enumerate(envelopes):
+        try:
+            item = prepare_envelope(envelope, PAYMENT)
+        except CbdcError as error:
+            results[index] = error
+            continue
+        later = _step_three(context, item.message)
+        prepared.append((index, item, later))
+        if later is None:
+            candidates.append((index, signed(item.message, envelope)))
+    verdicts = _verify_signatures([(index, item) for index, item, _ in prepared])
+    if candidates:
         try:
             with context.write() as connection:
-                _settle_batch(context, connection, verified, results)
+                _settle_batch(context, connection, candidates, results, verdicts)
         except IntegrityError:
             # A concurrent settlement won the race for a unique key our locks did not cover
             # (same payment id or key sequence from other wallets). Settle one by one, each
             # answering as if it had come second where it did.
-            for index, payment in verified:
-                results[index] = _settle_alone(context, payment)
+            for index, payment in candidates:
+                if verdicts.result()[index]:
+                    results[index] = _settle_alone(context, payment)
+    invalid = {index for index, valid in verdicts.result().items() if not valid}
+    for index, _, later in prepared:
+        if index in invalid:
+            results[index] = InvalidSignature("signature does not verify")
+        elif later is not None:
+            results[index] = later
     assert all(result is not None for result in results)
     return results  # type: ignore[return-value]
 
 
-#: Batches at least this long verify their signatures on two threads (PyNaCl releases the GIL).
-PARALLEL_VERIFY_MIN = 64
-_VERIFIERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cbdc-verify")
+def _step_three(context: LedgerContext, message: Message) -> CbdcError | None:
+    """Step 3, answered only once the signature is known to be good."""
+    try:
+        check_ledger(context, message)
+    except CbdcError as error:
+        return error
+    if message["payer"] == message["payee"]:
+        return InvalidRequest("a wallet cannot pay itself", code="payee_invalid", field="payee")
+    return None
 
 
-def verify_all(
-    context: LedgerContext, envelopes: Sequence[Mapping[str, Any]]
-) -> list[Signed | CbdcError]:
-    """Steps 1-3 of the order for each envelope, signatures checked in parallel."""
+#: Batches at least this long check their signatures on a second thread: PyNaCl releases the
+#: GIL while it verifies, so the check overlaps this thread's own work.
+PARALLEL_VERIFY_MIN = 16
+_VERIFIER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbdc-verify")
 
-    def one(envelope: Mapping[str, Any]) -> Signed | CbdcError:
-        try:
-            message = verify_envelope(envelope, PAYMENT)
-            check_ledger(context, message)
-            if message["payer"] == message["payee"]:
-                raise InvalidRequest(
-                    "a wallet cannot pay itself", code="payee_invalid", field="payee"
-                )
-            return signed(message, envelope)
-        except CbdcError as error:
-            return error
 
-    if len(envelopes) < PARALLEL_VERIFY_MIN:
-        return [one(envelope) for envelope in envelopes]
-    half = len(envelopes) // 2
-    first = _VERIFIERS.submit(lambda: [one(envelope) for envelope in envelopes[:half]])
-    second = [one(envelope) for envelope in envelopes[half:]]
-    return first.result() + second
+Verdicts = Future[dict[int, bool]]
+
+
+def _verify_signatures(items: list[tuple[int, PreparedEnvelope]]) -> Verdicts:
+    """Each envelope's signature verdict, by its index in the batch."""
+
+    def run() -> dict[int, bool]:
+        return {index: item.signature_valid() for index, item in items}
+
+    if len(items) >= PARALLEL_VERIFY_MIN:
+        return _VERIFIER.submit(run)
+    return _settled_verdicts(run())
+
+
+def _settled_verdicts(verdicts: dict[int, bool]) -> Verdicts:
+    done: Verdicts = Future()
+    done.set_result(verdicts)
+    return done
 
 
 def _settle_alone(context: LedgerContext, payment: Signed) -> Settlement | CbdcError:
     results: list[Settlement | CbdcError | None] = [None]
     try:
         with context.write() as connection:
-            _settle_batch(context, connection, [(0, payment)], results)
+            _settle_batch(context, connection, [(0, payment)], results,
+                          _settled_verdicts({0: True}))
     except IntegrityError:
         try:
             return answer_after_race(
@@ -208,8 +243,10 @@ def _settle_batch(
     connection: Connection,
     verified: list[tuple[int, Signed]],
     results: list[Settlement | CbdcError | None],
+    verdicts: Verdicts,
 ) -> None:
-    """Steps 4-12 for each payment against the batch's running state, then one posting."""
+    """Steps 4-12 for each payment against the batch's running state, then one posting, once
+    every signature in ``verdicts`` (by index) is known to be good."""
     messages = [payment.message for _, payment in verified]
     batch = _Batch(
         wallets=load_wallets(
@@ -237,6 +274,15 @@ def _settle_batch(
             accepted.append(outcome)
         elif outcome is not None:
             results[index] = outcome
+    valid = verdicts.result()
+    if not all(valid[index] for index, _ in verified):
+        # Rare: forged payments in the batch. Check again without them (nothing is written yet).
+        for index, _ in verified:
+            results[index] = None
+        valid_only = [(index, payment) for index, payment in verified if valid[index]]
+        _settle_batch(context, connection, valid_only, results,
+                      _settled_verdicts({index: True for index, _ in valid_only}))
+        return
     if accepted:
         _record(context, connection, batch, accepted, results, now)
     for index, payment in verified:  # repeats of a payment settled earlier in this batch
