@@ -139,3 +139,25 @@ def test_repeats_within_one_batch(ledger: LedgerContext) -> None:
     assert isinstance(clash, CbdcError) and clash.code == "payment_conflict"
     assert _balances(ledger)["w:w0"] == yuan(90)
     assert _balances(ledger)["w:w2"] == yuan(100)
+
+
+def test_forged_payments_in_a_batch_are_refused_first(ledger: LedgerContext) -> None:
+    """Step 2 (signature) answers before step 3 and the ledger checks, also in big batches
+    whose signatures are checked on another thread while the rest is checked optimistically."""
+    funded_operator(ledger)
+    for n in range(2):
+        new_wallet(ledger, f"w{n}", 2, phone=f"+86138000003{n:02d}")
+        top_up(ledger, f"top-up-{n}", f"w{n}", yuan(1_000))
+    alice = Holder(ledger, "w0")
+    batch = [alice.payment("w1", yuan(1), f"p{n}") for n in range(40)]
+    forged = dict(batch[10], message={**batch[10]["message"], "amount_fen": yuan(2)})
+    elsewhere = alice.payment("w1", yuan(1), "p-other-ledger", ledger_id="another-ledger")
+    forged_elsewhere = dict(elsewhere, signature=batch[11]["signature"])
+    results = settle_payments(ledger, [*batch[:10], forged, *batch[11:], elsewhere,
+                                       forged_elsewhere])
+    codes = [r.code if isinstance(r, CbdcError) else "settled" for r in results]
+    assert codes[10] == "signature_invalid"
+    assert codes[-2:] == ["ledger_id_mismatch", "signature_invalid"]
+    assert codes[:10] + codes[11:-2] == ["settled"] * 39
+    assert _balances(ledger)["w:w1"] == yuan(1_000) + yuan(39)
+    assert run_audit(ledger).ok
