@@ -24,7 +24,7 @@ from __future__ import annotations
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from datetime import time as clock_time
@@ -589,9 +589,3 @@ class Driver:
         for pending, outcome in zip(batch.pending, outcomes, strict=True):
             pending.on_outcome(outcome)
 
-
-def local_hours(scenario: Scenario) -> Iterator[datetime]:
-    """The start of each simulated hour, in the scenario's zone."""
-    start = datetime.combine(scenario.start_date, clock_time(0), tzinfo=scenario.zone_info)
-    for hour in range(scenario.hours):
-        yield start + timedelta(hours=hour)
