@@ -110,6 +110,13 @@ def _cny(amount_fen: int) -> float:
     return amount_fen / 100
 
 
+def _cny_axis(axes: Any) -> None:
+    """Whole yuan with thousands separators, not matplotlib's 1e6 offset."""
+    from matplotlib.ticker import FuncFormatter
+
+    axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
+
+
 def _day_ticks(axes: Any, hours: int) -> None:
     axes.set_xticks(range(0, hours + 1, 24))
     axes.set_xticklabels([f"day {d + 1}" for d in range(hours // 24 + 1)], fontsize=8)
@@ -128,6 +135,7 @@ def _supply(result: RunResult, figure: Figure) -> None:
     ):
         axes.plot(hours, [_cny(v) for v in values], label=label)
     axes.set_ylabel("CNY")
+    _cny_axis(axes)
     axes.legend(loc="upper right", fontsize=8)
     _day_ticks(axes, result.metrics.hours)
 
@@ -151,9 +159,11 @@ def _by_class_zone(result: RunResult, figure: Figure) -> None:
     left.bar([f"class {c}" for c in classes],
              [_cny(metrics.by_class[c].volume_fen) for c in classes], color="#5cb85c")
     left.set_ylabel("CNY settled")
+    _cny_axis(left)
     right = figure.add_subplot(1, 2, 2)
     zones = sorted(metrics.by_zone)
     right.bar(zones, [_cny(metrics.by_zone[z].volume_fen) for z in zones], color="#f0ad4e")
+    _cny_axis(right)
 
 
 def _rejections(result: RunResult, figure: Figure) -> None:
