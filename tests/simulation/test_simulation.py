@@ -27,9 +27,9 @@ SEED = 7
 
 
 def small_scenario() -> Scenario:
-    """Two days, 150 people, 15 merchants, 1,200 payments, with cheats at 20-50x the default
+    """Two days, 100 people, 10 merchants, 800 payments, with cheats at 5-20x the default
     rates so that every kind of cheat is injected several times."""
-    scenario = default_scenario().with_counts(wallets=150, merchants=15, payments=1_200)
+    scenario = default_scenario().with_counts(wallets=100, merchants=10, payments=800)
     return replace(
         scenario,
         days=2,
