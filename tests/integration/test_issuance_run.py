@@ -147,7 +147,6 @@ def test_run_killed_with_sigkill_and_rerun_issues_the_plan_exactly(
 
     committed = journal_count(ledger, prefix)
     assert 20 <= committed < KILLED_RUN_ORDERS, "killed part-way"
-    assert committed - done_at_kill < 50
 
     finished = subprocess.run(command, capture_output=True, text=True, timeout=120,
                               env={**os.environ, "CBDC_DATABASE_URL": ""})
