@@ -12,7 +12,16 @@ domain error.
     │   ├── InvalidAmount               amount_invalid
     │   ├── InvalidPostings             postings_invalid
     │   ├── InvalidPlan                 plan_invalid
-    │   └── InvalidKey                  public_key_invalid
+    │   ├── InvalidKey                  public_key_invalid
+    │   └── InvalidMessage              message_invalid (a signed message, see messages.py)
+    │       ├── InvalidEnvelope         envelope_invalid
+    │       ├── InvalidQr               qr_invalid
+    │       ├── FieldMissing            field_missing
+    │       ├── FieldUnknown            field_unknown
+    │       ├── FieldInvalid            field_invalid
+    │       │   ├── UnsupportedVersion  version_unsupported
+    │       │   └── UnsupportedCurrency currency_unsupported
+    │       └── DomainMismatch          domain_invalid
     ├── AuthenticationFailed (401)      unauthenticated
     ├── Forbidden (403)                 forbidden
     ├── NotFound (404)                  *_not_found
@@ -24,8 +33,22 @@ domain error.
     │   ├── InsufficientFunds           insufficient_funds
     │   ├── QuotaExceeded               quota_exceeded
     │   ├── LimitExceeded               *_limit_exceeded
+    │   ├── ClassChangeRefused          class_change_refused
     │   ├── InvalidSignature            signature_invalid
-    │   └── StatusRefused               *_inactive, *_expired, ...
+    │   ├── StatusRefused               *_inactive, *_expired, ...
+    │   ├── CertificateRefused          certificate_invalid, certificate_chain_invalid,
+    │   │                               certificate_expired, certificate_not_yet_valid,
+    │   │                               certificate_revoked, certificate_mismatch
+    │   ├── OfflineRefused              offline payments between two devices:
+    │   │                               offline_balance_insufficient, offline_value_pending,
+    │   │                               offline_payment_cap_exceeded, offline_balance_cap_exceeded,
+    │   │                               offline_payments_exhausted, offline_counter_replayed,
+    │   │                               offline_chain_broken, offline_wrong_payee,
+    │   │                               offline_wrong_ledger, offline_from_future,
+    │   │                               offline_self_payment, offline_device_uncertified
+    │   ├── LoadRefused                 load_replayed, load_out_of_order, load_wrong_device
+    │   ├── SyncRefused                 sync_receipt_invalid
+    │   └── RevocationListRefused       revocation_list_stale
     └── SchemaOutOfDate (503)           schema_out_of_date
 """
 
@@ -76,6 +99,53 @@ class InvalidPlan(InvalidRequest):
 class InvalidKey(InvalidRequest):
     code = "public_key_invalid"
     title = "Invalid public key"
+
+
+class InvalidMessage(InvalidRequest):
+    """A signed message or its envelope is malformed. ``extra["field"]`` names the field, if any."""
+
+    code = "message_invalid"
+    title = "Invalid signed message"
+
+
+class InvalidEnvelope(InvalidMessage):
+    code = "envelope_invalid"
+    title = "Invalid message envelope"
+
+
+class InvalidQr(InvalidMessage):
+    code = "qr_invalid"
+    title = "Invalid QR payload"
+
+
+class FieldMissing(InvalidMessage):
+    code = "field_missing"
+    title = "A required field is missing"
+
+
+class FieldUnknown(InvalidMessage):
+    code = "field_unknown"
+    title = "An unknown field is present"
+
+
+class FieldInvalid(InvalidMessage):
+    code = "field_invalid"
+    title = "A field has the wrong type or format"
+
+
+class UnsupportedVersion(FieldInvalid):
+    code = "version_unsupported"
+    title = "Unsupported message version"
+
+
+class UnsupportedCurrency(FieldInvalid):
+    code = "currency_unsupported"
+    title = "Unsupported currency"
+
+
+class DomainMismatch(InvalidMessage):
+    code = "domain_invalid"
+    title = "Message domain tag is not the expected one"
 
 
 class AuthenticationFailed(CbdcError):
@@ -138,6 +208,13 @@ class LimitExceeded(Refused):
     title = "Wallet limit exceeded"
 
 
+class ClassChangeRefused(Refused):
+    """An upgrade or downgrade that the wallet's balance or usage would break."""
+
+    code = "class_change_refused"
+    title = "Wallet class change refused"
+
+
 class InvalidSignature(Refused):
     code = "signature_invalid"
     title = "Invalid signature"
@@ -146,6 +223,37 @@ class InvalidSignature(Refused):
 class StatusRefused(Refused):
     code = "status_refused"
     title = "Refused in the current status"
+
+
+class CertificateRefused(Refused):
+    """A certificate (operator or device) that does not chain, is out of date, or is revoked."""
+
+    code = "certificate_invalid"
+    title = "Certificate refused"
+
+
+class OfflineRefused(Refused):
+    """An offline payment a device refuses to make or to accept; ``code`` names the rule."""
+
+    code = "offline_refused"
+    title = "Offline payment refused"
+
+
+class LoadRefused(Refused):
+    """A load receipt a device refuses to apply (replayed, out of order, for another device)."""
+
+    code = "load_refused"
+    title = "Load receipt refused"
+
+
+class SyncRefused(Refused):
+    code = "sync_receipt_invalid"
+    title = "Sync receipt refused"
+
+
+class RevocationListRefused(Refused):
+    code = "revocation_list_stale"
+    title = "Revocation list refused"
 
 
 class SchemaOutOfDate(CbdcError):

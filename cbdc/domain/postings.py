@@ -44,21 +44,35 @@ class EntryDraft:
     postings: tuple[Posting, ...]
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
-    def content_hash(self) -> str:
+    def metadata_json(self) -> str:
+        return canonical_json(dict(self.metadata)).decode("ascii") if self.metadata else "{}"
+
+    def content_hash(self, metadata_json: str | None = None) -> str:
         """Hash of what the caller asked for: the idempotency fingerprint of ``entry_id``."""
         return sha256_hex(
-            canonical_json(
-                {
-                    "kind": self.kind,
-                    "metadata": dict(self.metadata),
-                    "postings": posting_pairs(self.postings),
-                }
-            )
+            content_fields(self.kind, metadata_json or self.metadata_json(), self.postings)
         )
 
 
 def posting_pairs(postings: Sequence[Posting]) -> list[list[int]]:
     return [[p.account_id, p.amount_fen] for p in postings]
+
+
+def _postings_json(postings: Sequence[Posting]) -> str:
+    return "[" + ",".join(f"[{p.account_id},{p.amount_fen}]" for p in postings) + "]"
+
+
+def content_fields(kind: str, metadata_json: str, postings: Sequence[Posting]) -> bytes:
+    """``canonical_json({"kind", "metadata", "postings"})``, assembled without re-encoding the
+    already canonical metadata (the hot path hashes every entry twice)."""
+    return (
+        f'{{"kind":{_string(kind)},"metadata":{metadata_json},'
+        f'"postings":{_postings_json(postings)}}}'
+    ).encode("ascii")
+
+
+def _string(text: str) -> str:
+    return json.dumps(text, ensure_ascii=True)
 
 
 def canonical_json(value: Any) -> bytes:
@@ -104,20 +118,21 @@ def entry_hash(
     entry_id: str,
     kind: str,
     created_at: datetime,
-    metadata: Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
     postings: Sequence[Posting],
+    metadata_json: str | None = None,
+    timestamp: str | None = None,
 ) -> str:
-    """The chain hash of one entry: ``sha256(prev_hash || canonical fields)`` as hex."""
-    fields = canonical_json(
-        {
-            "created_at": format_timestamp(created_at),
-            "entry_id": entry_id,
-            "kind": kind,
-            "metadata": dict(metadata),
-            "postings": posting_pairs(postings),
-            "seq": seq,
-        }
-    )
+    """The chain hash of one entry: ``sha256(prev_hash || canonical fields)`` as hex, where the
+    fields are ``canonical_json({"created_at", "entry_id", "kind", "metadata", "postings",
+    "seq"})`` (``postings`` as ``[[account_id, amount_fen], ...]`` in posting order)."""
+    if metadata_json is None:
+        metadata_json = canonical_json(dict(metadata or {})).decode("ascii")
+    fields = (
+        f'{{"created_at":"{timestamp or format_timestamp(created_at)}",'
+        f'"entry_id":{_string(entry_id)},"kind":{_string(kind)},"metadata":{metadata_json},'
+        f'"postings":{_postings_json(postings)},"seq":{seq}}}'
+    ).encode("ascii")
     return sha256_hex(bytes.fromhex(prev_hash) + fields)
 
 
@@ -145,8 +160,12 @@ def validate_draft(draft: EntryDraft) -> None:
         total += amount
     if total != 0:
         raise InvalidPostings(f"entry {draft.entry_id}: postings sum to {total}, not zero")
+
+
+def checked_metadata_json(draft: EntryDraft) -> str:
+    """The canonical metadata text, or InvalidPostings if the metadata is not plain JSON."""
     try:
-        canonical_json(dict(draft.metadata))
+        return draft.metadata_json()
     except (TypeError, ValueError) as exc:
         raise InvalidPostings(f"entry {draft.entry_id}: metadata is not plain JSON") from exc
 

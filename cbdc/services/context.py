@@ -1,15 +1,27 @@
-"""What every service needs: the engine, an injected clock, and the central bank's identity."""
+"""What every service needs: the engine, an injected clock and randomness, the wallet classes in
+force, the ledger's receipt-signing seed, and the central bank's identity.
+
+Settings (environment, read by :func:`open_ledger` when the caller passes nothing):
+
+* ``CBDC_LEDGER_SIGNING_SEED``: 64 hex characters, the Ed25519 seed of the key with which the
+  ledger signs settlement receipts. Without it a fixed, publicly known test seed is used
+  (:data:`TEST_LEDGER_SIGNING_SEED`): fine for tests and demos, never for production.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Connection, Engine, insert, select
 
 from cbdc.clock import Clock, SystemClock
+from cbdc.domain.tiers import WalletClasses
 from cbdc.storage.engine import make_engine, read_transaction, write_transaction
 from cbdc.storage.migrate import ensure_current
 from cbdc.storage.tables import accounts, institutions
@@ -17,6 +29,19 @@ from cbdc.storage.tables import accounts, institutions
 CENTRAL_BANK_CODE = "central-bank"
 CENTRAL_BANK_NAME = "Central Bank"
 ISSUANCE_ACCOUNT_CODE = "cb:issuance"
+ENV_LEDGER_SIGNING_SEED = "CBDC_LEDGER_SIGNING_SEED"
+#: Deterministic and public: receipts signed with it prove nothing outside tests and demos.
+TEST_LEDGER_SIGNING_SEED = hashlib.sha256(b"cbdc test ledger signing seed").digest()
+
+
+def ledger_signing_seed_from_env() -> bytes:
+    text = os.environ.get(ENV_LEDGER_SIGNING_SEED)
+    if not text:
+        return TEST_LEDGER_SIGNING_SEED
+    seed = bytes.fromhex(text)
+    if len(seed) != 32:
+        raise ValueError(f"{ENV_LEDGER_SIGNING_SEED} must be 64 hex characters (32 bytes)")
+    return seed
 
 
 def reserve_account_code(operator_code: str) -> str:
@@ -27,24 +52,51 @@ def float_account_code(operator_code: str) -> str:
     return f"op:{operator_code}:float"
 
 
+#: The unit of work open in this thread or task, if any, per engine. A service called inside
+#: another unit of work (the API's idempotency record, a batch) joins it instead of opening its
+#: own, so the caller's record and the service's effect commit together or not at all.
+_open_unit: ContextVar[dict[int, Connection] | None] = ContextVar("cbdc_open_unit", default=None)
+
+
 @dataclass
 class LedgerContext:
-    """Handle on one ledger database. Cheap to pass around; holds no transaction of its own."""
+    """Handle on one ledger database. Cheap to pass around; holds no transaction of its own.
+
+    ``wallet_classes`` are the limits in force (configuration; defaults from DOMAIN.md);
+    ``ledger_signing_seed`` makes the key that signs receipts; ``random_bytes`` is the only
+    source of randomness services use (salts), injected so simulations replay."""
 
     engine: Engine
     clock: Clock = field(default_factory=SystemClock)
     ledger_id: str = "cbdc-local"
+    wallet_classes: WalletClasses = field(default_factory=WalletClasses)
+    ledger_signing_seed: bytes = TEST_LEDGER_SIGNING_SEED
+    random_bytes: Callable[[int], bytes] = os.urandom
 
     def now(self) -> datetime:
         return self.clock.now()
 
     @contextmanager
     def write(self) -> Iterator[Connection]:
+        """Open a write unit of work, or join the one already open on this engine."""
+        joined = (_open_unit.get() or {}).get(id(self.engine))
+        if joined is not None:
+            yield joined
+            return
         with write_transaction(self.engine) as connection:
-            yield connection
+            token = _open_unit.set({**(_open_unit.get() or {}), id(self.engine): connection})
+            try:
+                yield connection
+            finally:
+                _open_unit.reset(token)
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
+        """A consistent read snapshot; inside a write unit of work, that unit's connection."""
+        joined = (_open_unit.get() or {}).get(id(self.engine))
+        if joined is not None:
+            yield joined
+            return
         with read_transaction(self.engine) as connection:
             yield connection
 
@@ -58,12 +110,20 @@ def open_ledger(
     clock: Clock | None = None,
     ledger_id: str = "cbdc-local",
     check_schema: bool = True,
+    wallet_classes: WalletClasses | None = None,
+    ledger_signing_seed: bytes | None = None,
 ) -> LedgerContext:
     """Connect to a migrated database, refuse a schema that is behind, ensure the central bank."""
     engine = make_engine(database_url)
     if check_schema:
         ensure_current(engine)
-    context = LedgerContext(engine=engine, clock=clock or SystemClock(), ledger_id=ledger_id)
+    context = LedgerContext(
+        engine=engine,
+        clock=clock or SystemClock(),
+        ledger_id=ledger_id,
+        wallet_classes=wallet_classes or WalletClasses(),
+        ledger_signing_seed=ledger_signing_seed or ledger_signing_seed_from_env(),
+    )
     ensure_central_bank(context)
     return context
 

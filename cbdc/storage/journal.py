@@ -21,17 +21,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, select
 
 from cbdc.domain.errors import CbdcError, EntryConflict, InsufficientFunds, NotFound
 from cbdc.domain.postings import (
     EntryDraft,
     Posting,
-    canonical_json,
+    checked_metadata_json,
     entry_hash,
+    format_timestamp,
     validate_draft,
 )
-from cbdc.storage.tables import accounts, journal_entries, ledger_head, postings
+from cbdc.storage.tables import journal_entries
 
 NEGATIVE_ALLOWED_KINDS = frozenset({"issuance"})
 
@@ -56,11 +57,27 @@ class AccountState:
     balance_fen: int
 
 
-_update_balance = (
-    update(accounts)
-    .where(accounts.c.id == bindparam("account_id"))
-    .values(balance_fen=accounts.c.balance_fen + bindparam("delta_fen"))
-)
+# The hot path's statements, written once per dialect and sent straight to the driver: compiling
+# Core constructs costs more per call than SQLite spends executing them (see LIMITS.md).
+_STATEMENTS = {
+    "insert_entries": "INSERT INTO journal_entries (seq, entry_id, kind, created_at, metadata_json,"
+    " content_hash, prev_hash, entry_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    "insert_postings": "INSERT INTO postings (entry_seq, account_id, amount_fen) VALUES (?, ?, ?)",
+    "update_balance": "UPDATE accounts SET balance_fen = balance_fen + ? WHERE id = ?",
+    "move_head": "UPDATE ledger_head SET last_seq = ?, last_hash = ? WHERE id = 1",
+    "read_head": "SELECT last_seq, last_hash FROM ledger_head WHERE id = 1",
+}
+_FORMAT = {name: sql.replace("?", "%s") for name, sql in _STATEMENTS.items()}
+
+
+def _sql(connection: Connection, name: str) -> str:
+    """The statement in the driver's own positional style (sqlite3: qmark; psycopg: format)."""
+    return _STATEMENTS[name] if connection.dialect.name == "sqlite" else _FORMAT[name]
+
+
+def _in_list(connection: Connection, values: Sequence[Any]) -> tuple[str, tuple[Any, ...]]:
+    mark = "?" if connection.dialect.name == "sqlite" else "%s"
+    return ", ".join(mark for _ in values), tuple(values)
 
 
 def post_entries(
@@ -112,6 +129,12 @@ def _resolve_repeats(
     if len(set(ids)) != len(ids):
         duplicate = next(i for i in ids if ids.count(i) > 1)
         raise EntryConflict(f"entry id {duplicate} appears twice in one batch")
+    placeholders, params = _in_list(connection, ids)
+    found = connection.exec_driver_sql(
+        f"SELECT entry_id FROM journal_entries WHERE entry_id IN ({placeholders})", params
+    ).scalars().all()
+    if not found:
+        return fresh
     rows = connection.execute(
         select(
             journal_entries.c.seq,
@@ -120,10 +143,8 @@ def _resolve_repeats(
             journal_entries.c.created_at,
             journal_entries.c.entry_hash,
             journal_entries.c.content_hash,
-        ).where(journal_entries.c.entry_id.in_(ids))
+        ).where(journal_entries.c.entry_id.in_(found))
     ).all()
-    if not rows:
-        return fresh
     recorded = {row.entry_id: row for row in rows}
     remaining = []
     for index, draft in fresh:
@@ -153,14 +174,16 @@ def _resolve_repeats(
 def lock_accounts(connection: Connection, account_ids: Iterable[int]) -> dict[int, AccountState]:
     """Read (and on PostgreSQL lock) accounts in ascending id order."""
     ordered = sorted(set(account_ids))
-    query = (
-        select(accounts.c.id, accounts.c.code, accounts.c.kind, accounts.c.balance_fen)
-        .where(accounts.c.id.in_(ordered))
-        .order_by(accounts.c.id)
+    placeholders, params = _in_list(connection, ordered)
+    sql = (
+        f"SELECT id, code, kind, balance_fen FROM accounts WHERE id IN ({placeholders}) "
+        "ORDER BY id"
     )
     if connection.dialect.name != "sqlite":
-        query = query.with_for_update()
-    states = {row.id: AccountState(*row) for row in connection.execute(query)}
+        sql += " FOR UPDATE"
+    states = {
+        row[0]: AccountState(*row) for row in connection.exec_driver_sql(sql, params)
+    }
     missing = [account_id for account_id in ordered if account_id not in states]
     if missing:
         raise NotFound(f"account {missing[0]} does not exist", code="account_not_found")
@@ -168,11 +191,12 @@ def lock_accounts(connection: Connection, account_ids: Iterable[int]) -> dict[in
 
 
 def lock_head(connection: Connection) -> tuple[int, str]:
-    query = select(ledger_head.c.last_seq, ledger_head.c.last_hash).where(ledger_head.c.id == 1)
+    """Read the chain head; on PostgreSQL lock it, which serialises writers of the chain."""
+    sql = _sql(connection, "read_head")
     if connection.dialect.name != "sqlite":
-        query = query.with_for_update()
-    row = connection.execute(query).one()
-    return int(row.last_seq), str(row.last_hash)
+        sql += " FOR UPDATE"
+    last_seq, last_hash = connection.exec_driver_sql(sql).one()
+    return int(last_seq), str(last_hash)
 
 
 def _append(
@@ -189,10 +213,24 @@ def _append(
     )
     balances = {account_id: state.balance_fen for account_id, state in states.items()}
     created_at = _as_utc(now)
-    entry_rows: list[dict[str, Any]] = []
-    posting_rows: list[dict[str, Any]] = []
+    timestamp = format_timestamp(created_at)
+    # SQLite keeps datetimes as text in SQLAlchemy's own format, which its reader parses back.
+    stored_at: datetime | str = (
+        created_at.strftime("%Y-%m-%d %H:%M:%S.%f")
+        if connection.dialect.name == "sqlite"
+        else created_at
+    )
+    entry_rows: list[tuple[Any, ...]] = []
+    posting_rows: list[tuple[int, int, int]] = []
     deltas: dict[int, int] = {}
     for index, draft in fresh:
+        try:
+            metadata_json = checked_metadata_json(draft)
+        except CbdcError as error:
+            if atomic:
+                raise
+            results[index] = error
+            continue
         refusal = _overdraft(draft.postings, balances, states)
         if refusal is not None:
             if atomic:
@@ -209,25 +247,23 @@ def _append(
             entry_id=draft.entry_id,
             kind=draft.kind,
             created_at=created_at,
-            metadata=draft.metadata,
+            timestamp=timestamp,
+            metadata_json=metadata_json,
             postings=draft.postings,
         )
         entry_rows.append(
-            {
-                "seq": last_seq,
-                "entry_id": draft.entry_id,
-                "kind": draft.kind,
-                "created_at": created_at,
-                "metadata_json": canonical_json(dict(draft.metadata)).decode("ascii"),
-                "content_hash": draft.content_hash(),
-                "prev_hash": last_hash,
-                "entry_hash": this_hash,
-            }
+            (
+                last_seq,
+                draft.entry_id,
+                draft.kind,
+                stored_at,
+                metadata_json,
+                draft.content_hash(metadata_json),
+                last_hash,
+                this_hash,
+            )
         )
-        posting_rows.extend(
-            {"entry_seq": last_seq, "account_id": p.account_id, "amount_fen": p.amount_fen}
-            for p in draft.postings
-        )
+        posting_rows.extend((last_seq, p.account_id, p.amount_fen) for p in draft.postings)
         results[index] = PostedEntry(
             seq=last_seq,
             entry_id=draft.entry_id,
@@ -238,20 +274,14 @@ def _append(
         last_hash = this_hash
     if not entry_rows:
         return
-    connection.execute(journal_entries.insert(), entry_rows)
-    connection.execute(postings.insert(), posting_rows)
+    connection.exec_driver_sql(_sql(connection, "insert_entries"), entry_rows)
+    connection.exec_driver_sql(_sql(connection, "insert_postings"), posting_rows)
     balance_rows = [
-        {"account_id": account_id, "delta_fen": delta}
-        for account_id, delta in sorted(deltas.items())
-        if delta != 0
+        (delta, account_id) for account_id, delta in sorted(deltas.items()) if delta != 0
     ]
     if balance_rows:
-        connection.execute(_update_balance, balance_rows)
-    connection.execute(
-        update(ledger_head).where(ledger_head.c.id == 1).values(
-            last_seq=last_seq, last_hash=last_hash
-        )
-    )
+        connection.exec_driver_sql(_sql(connection, "update_balance"), balance_rows)
+    connection.exec_driver_sql(_sql(connection, "move_head"), (last_seq, last_hash))
 
 
 def _overdraft(

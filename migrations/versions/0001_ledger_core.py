@@ -72,7 +72,6 @@ def upgrade() -> None:
         sa.Column("entry_hash", sa.String(64), nullable=False),
         sa.CheckConstraint("seq > 0", name=op.f("ck_journal_entries_seq_positive")),
         sa.PrimaryKeyConstraint("seq", name=op.f("pk_journal_entries")),
-        sa.UniqueConstraint("entry_hash", name=op.f("uq_journal_entries_entry_hash")),
         sa.UniqueConstraint("entry_id", name=op.f("uq_journal_entries_entry_id")),
     )
     op.create_table(

@@ -37,3 +37,23 @@ def test_journal_refuses_update_and_delete(ledger: LedgerContext) -> None:
     ):
         with pytest.raises(DBAPIError, match="append-only"), ledger.write() as connection:
             connection.execute(text(statement))
+
+
+def test_nested_units_of_work_commit_or_roll_back_together(ledger: LedgerContext) -> None:
+    from cbdc.domain.errors import CbdcError
+    from cbdc.domain.money import yuan
+    from cbdc.services import issuance
+
+    issuance.create_operator(ledger, "BANK-B", "Bank B", quota_fen=yuan(10))
+    with pytest.raises(CbdcError), ledger.write():
+        issuance.deposit_reserve(ledger, "r-nested", "BANK-B", yuan(10))
+        issuance.issue(ledger, "i-too-much", "BANK-B", yuan(11))  # over quota: all rolls back
+    with ledger.read() as connection:
+        count = connection.execute(text("SELECT count(*) FROM journal_entries")).scalar()
+    assert count == 0
+    with ledger.write():
+        issuance.deposit_reserve(ledger, "r-nested", "BANK-B", yuan(10))
+        issuance.issue(ledger, "i-fits", "BANK-B", yuan(10))
+    with ledger.read() as connection:
+        count = connection.execute(text("SELECT count(*) FROM journal_entries")).scalar()
+    assert count == 2

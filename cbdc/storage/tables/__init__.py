@@ -9,13 +9,35 @@ from cbdc.storage.tables.ledger import (
     ledger_head,
     postings,
 )
+from cbdc.storage.tables.wallets import (
+    HOLDER_KINDS,
+    KEY_STATUSES,
+    PAYMENT_KINDS,
+    WALLET_STATUSES,
+    payment_codes,
+    payment_requests,
+    payments,
+    wallet_identities,
+    wallet_keys,
+    wallets,
+)
 
 __all__ = [
     "ACCOUNT_KINDS",
+    "HOLDER_KINDS",
+    "KEY_STATUSES",
+    "PAYMENT_KINDS",
+    "WALLET_STATUSES",
     "accounts",
     "institutions",
     "journal_entries",
     "ledger_head",
     "metadata",
+    "payment_codes",
+    "payment_requests",
+    "payments",
     "postings",
+    "wallet_identities",
+    "wallet_keys",
+    "wallets",
 ]

@@ -62,7 +62,7 @@ journal_entries = Table(
     Column("metadata_json", Text, nullable=False),
     Column("content_hash", String(64), nullable=False),
     Column("prev_hash", String(64), nullable=False),
-    Column("entry_hash", String(64), nullable=False, unique=True),
+    Column("entry_hash", String(64), nullable=False),
     CheckConstraint("seq > 0", name="seq_positive"),
 )
 
