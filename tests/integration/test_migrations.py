@@ -26,7 +26,10 @@ from cbdc.storage.tables import ledger_head, metadata
 from tests.dbs import DatabaseMaker
 
 EXAMPLE_PLAN = Path(__file__).resolve().parents[2] / "examples" / "issuance-plan.toml"
-LEDGER_TABLES = {"institutions", "accounts", "journal_entries", "postings", "ledger_head"}
+FIRST_REVISION = "0001_ledger_core"
+#: Every table the code knows; the migrations must create exactly these.
+SCHEMA_TABLES = set(metadata.tables)
+CORE_TABLES = {"institutions", "accounts", "journal_entries", "postings", "ledger_head"}
 
 
 @pytest.fixture
@@ -54,7 +57,7 @@ def check_constraint_names(engine: Engine) -> dict[str, set[str]]:
     inspector = inspect(engine)
     return {
         table: {check["name"] for check in inspector.get_check_constraints(table)}
-        for table in sorted(LEDGER_TABLES)
+        for table in sorted(SCHEMA_TABLES)
     }
 
 
@@ -85,7 +88,7 @@ def test_upgrade_downgrade_upgrade_round_trip(empty_url: str, engine: Engine) ->
 
     migrate.upgrade(empty_url)
     assert migrate.current_revision(engine) == migrate.head_revision()
-    assert table_names(engine) == LEDGER_TABLES | {"alembic_version"}
+    assert table_names(engine) == SCHEMA_TABLES | {"alembic_version"}
     guards = guard_objects(engine)
     assert {name for name in guards if "journal_entries_append_only" in name}
     assert {name for name in guards if "postings_append_only" in name}
@@ -98,7 +101,7 @@ def test_upgrade_downgrade_upgrade_round_trip(empty_url: str, engine: Engine) ->
 
     migrate.upgrade(empty_url)
     assert migrate.current_revision(engine) == migrate.head_revision()
-    assert table_names(engine) == LEDGER_TABLES | {"alembic_version"}
+    assert table_names(engine) == SCHEMA_TABLES | {"alembic_version"}
     assert guard_objects(engine) == guards
     assert schema_differences(engine) == []
     with engine.connect() as connection:
@@ -117,7 +120,7 @@ def test_models_and_migrations_agree(empty_url: str, engine: Engine) -> None:
         for table in metadata.sorted_tables
     }
     assert check_constraint_names(engine) == expected_checks
-    assert set(metadata.tables) == LEDGER_TABLES
+    assert CORE_TABLES <= SCHEMA_TABLES
 
 
 def test_a_schema_difference_would_be_seen(empty_url: str, engine: Engine) -> None:
@@ -155,7 +158,13 @@ def test_open_ledger_refuses_a_schema_behind_head(
     assert raised.value.status == 503
     assert "cbdc db upgrade" in raised.value.detail
 
-    # A database migrated once and then taken back below head is refused the same way.
+    # A database one migration behind (the ledger core only) is refused, naming both revisions.
+    migrate.upgrade(empty_url, FIRST_REVISION)
+    assert migrate.head_revision() != FIRST_REVISION
+    with pytest.raises(SchemaOutOfDate, match=f"at {FIRST_REVISION}, the code needs"):
+        open_ledger(empty_url)
+
+    # A database migrated to head and then taken back below it is refused the same way.
     downgraded = database_maker.create(migrated=True)
     migrate.downgrade(downgraded, "base")
     with pytest.raises(SchemaOutOfDate, match="nothing"):
@@ -174,6 +183,11 @@ def test_the_cli_refuses_a_schema_behind_head_with_exit_2(
     assert result.exit_code == 2, result.output
     assert "[schema_out_of_date]" in result.output
     assert table_names(engine) == set(), "nothing was created"
+
+    migrate.upgrade(empty_url, FIRST_REVISION)
+    behind = runner.invoke(app, [*command, "--database-url", empty_url])
+    assert behind.exit_code == 2, behind.output
+    assert "[schema_out_of_date]" in behind.output
 
     current = runner.invoke(app, ["db", "current", "--database-url", empty_url])
     assert current.exit_code == 0
