@@ -311,8 +311,8 @@ def classify_device_payments(
     ledger keeps only authenticated payments, so it does not check their signatures twice);
     they join the authentic ones as they are. ``loads``: the load receipt messages the ledger
     issued to the device, each once; ``unloads``: the device's unload statement messages the
-    ledger accepted (already signature-checked). Certificate validity is judged at each payment's ``created_at``;
-    revocation against ``revocations`` (the ledger's current list).
+    ledger accepted (already signature-checked). Certificate validity is judged at each
+    payment's ``created_at``; revocation against ``revocations`` (the ledger's current list).
 
     Rules, in the order they are applied (docs/offline-protocol.md, "Fraud classes"):
     forged; expired / revoked / over cap (still authentic, so they count below); double spend
