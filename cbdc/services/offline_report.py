@@ -111,17 +111,17 @@ def offline_report(context: LedgerContext, *, stale_after: timedelta) -> Offline
             .join(institutions, institutions.c.id == offline_devices.c.operator_id)
             .where(offline_payments.c.status == "pending")
         ).all()
-        cases: dict[str, int] = dict(connection.execute(
+        cases: dict[str, int] = {code: count for code, count in connection.execute(
             select(institutions.c.code, func.count())
             .join(offline_fraud_cases, offline_fraud_cases.c.operator_id == institutions.c.id)
             .group_by(institutions.c.code)
-        ).tuples().all())
-        losses: dict[str, int | None] = dict(connection.execute(
+        )}
+        losses: dict[str, int | None] = {code: total for code, total in connection.execute(
             select(institutions.c.code, func.sum(offline_operator_losses.c.amount_fen))
             .join(offline_operator_losses,
                   offline_operator_losses.c.operator_id == institutions.c.id)
             .group_by(institutions.c.code)
-        ).tuples().all())
+        )}
     report.devices = [_device(row, now, stale_after) for row in rows]
     for code in sorted({row.operator_code for row in rows}):
         mine = [device for device in report.devices if device.operator_code == code]

@@ -68,7 +68,6 @@ from cbdc.storage.offline import (
     load_revocations,
     payee_devices,
     stored_payments,
-    stored_time,
     unload_messages,
 )
 from cbdc.storage.tables import (
@@ -471,7 +470,7 @@ class SettlementRun:
         self._write_cases()
 
     def _write_payouts(self, seqs: Mapping[str, int]) -> None:
-        at = stored_time(self.connection, self.now)
+        at = self.now
         settlements, losses = [], []
         for payout in self.payouts:
             payment = payout.payment

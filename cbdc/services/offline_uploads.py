@@ -46,7 +46,6 @@ from cbdc.storage.offline import (
     known_payments,
     load_devices,
     load_revocations,
-    stored_time,
 )
 from cbdc.storage.tables import offline_devices, offline_payments
 
@@ -212,7 +211,7 @@ def _store_new(
             outcomes[index] = UploadOutcome(index, "pending", None, result.payment_hash,
                                             payer.device_id, duplicate=True)
         else:
-            rows[result.payment_hash] = _payment_row(connection, result, payer, uploader, now)
+            rows[result.payment_hash] = _payment_row(result, payer, uploader, now)
         stored.append((index, result))
     if rows:
         connection.execute(insert(offline_payments), list(rows.values()))
@@ -233,7 +232,6 @@ def _refusal_code(
 
 
 def _payment_row(
-    connection: Connection,
     result: Authenticated,
     payer: DeviceRow,
     uploader: DeviceRow,
@@ -247,11 +245,11 @@ def _payment_row(
         "payee_device": message["payee_device"],
         "payee_wallet": message["payee_wallet"],
         "amount_fen": message["amount_fen"],
-        "signed_at": stored_time(connection, parse_time(message["created_at"])),
+        "signed_at": parse_time(message["created_at"]),
         "message_json": canonical_json(message).decode("ascii"),
         "signature": result.signature.hex(),
         "uploaded_by_device_id": uploader.id,
-        "uploaded_at": stored_time(connection, now),
+        "uploaded_at": now,
         "status": "pending",
         "reason": None,
     }
