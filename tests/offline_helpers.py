@@ -19,7 +19,13 @@ from cbdc.services import offline
 from cbdc.services.context import LedgerContext
 from cbdc.services.funding import top_up
 from cbdc.services.wallets import get_wallet
-from cbdc.storage.tables import accounts, offline_operator_losses, offline_settlements
+from cbdc.storage.tables import (
+    accounts,
+    institutions,
+    offline_operator_losses,
+    offline_payments,
+    offline_settlements,
+)
 from tests.wallet_helpers import funded_operator, new_wallet
 
 
@@ -102,30 +108,18 @@ class OfflineLedger:
 
     def times_paid(self, payment_hash: str) -> int:
         """How many times the ledger paid this payment (escrow and operator together)."""
+        total = 0
         with self.ledger.read() as connection:
-            total = 0
             for table in (offline_settlements, offline_operator_losses):
                 total += int(connection.execute(
-                    select(func.count()).select_from(table).join(
-                        *_payment_join(table)
-                    ).where(_payment_hash_column() == payment_hash)
+                    select(func.count()).select_from(table)
+                    .join(offline_payments, offline_payments.c.id == table.c.payment_id)
+                    .where(offline_payments.c.payment_hash == payment_hash)
                 ).scalar_one())
-            return total
+        return total
 
     def tick(self, minutes: int = 1) -> None:
         self.ledger.clock.advance(timedelta(minutes=minutes))  # type: ignore[attr-defined]
-
-
-def _payment_join(table: Any) -> tuple[Any, Any]:
-    from cbdc.storage.tables import offline_payments
-
-    return offline_payments, offline_payments.c.id == table.c.payment_id
-
-
-def _payment_hash_column() -> Any:
-    from cbdc.storage.tables import offline_payments
-
-    return offline_payments.c.payment_hash
 
 
 def signed_outside(
@@ -148,7 +142,18 @@ def signed_outside(
     message.update(fields)
     key = nacl.signing.SigningKey(device_seed(certificate.device_id))
     sealed = seal(key, OFFLINE_PAYMENT, message)
-    operator = element._operator_certificate  # what the device travels with
-    assert operator is not None
+    travelling = element.payments_made()
+    operator = OperatorCertificate.from_envelope(
+        travelling[0]["operator_certificate"] if travelling
+        else offline.operator_authority(ledger, "BANK-A", _registered(ledger)).certificate
+        .to_envelope()
+    )
     return payment_envelope(sealed["message"], bytes.fromhex(sealed["signature"]), certificate,
                             operator)
+
+
+def _registered(ledger: LedgerContext) -> Any:
+    with ledger.read() as connection:
+        return connection.execute(
+            select(institutions.c.created_at).where(institutions.c.code == "BANK-A")
+        ).scalar_one()

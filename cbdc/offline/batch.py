@@ -11,12 +11,27 @@ certificate objects never need to cross back.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cbdc.domain.errors import CbdcError
-from cbdc.offline.verification import authenticate_offline_payment, best_effort_hash
+import nacl.exceptions
+import nacl.signing
+
+from cbdc.domain import signing
+from cbdc.domain.errors import CbdcError, InvalidSignature
+from cbdc.offline import messages
+from cbdc.offline.certificates import DeviceCertificate, OperatorCertificate
+from cbdc.offline.messages import OFFLINE_PAYMENT
+from cbdc.offline.verification import (
+    ENVELOPE_KEYS,
+    VerifiedPayment,
+    authenticate_offline_payment,
+    best_effort_hash,
+    check_names_certified,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,15 +62,18 @@ class Refusal:
 def authenticate_many(
     envelopes: Sequence[Any], root_public_key: bytes, ledger_id: str
 ) -> list[Authenticated | Refusal]:
-    """Steps 1-4 of docs/offline-protocol.md section 6 and the ledger check, for each envelope;
-    each distinct certificate chain is verified once per call."""
-    chains: set[tuple[bytes, bytes]] = set()
+    """Steps 1-4 of docs/offline-protocol.md section 6 and the ledger check, for each envelope.
+
+    A batch carries each device's certificates many times over: the first envelope with a given
+    pair of certificate envelopes (compared as exact JSON text, so ``1`` and ``true`` differ)
+    goes through :func:`authenticate_offline_payment` in full; later ones reuse its verified
+    certificates and check only the payment's shape, names and signature, in the same order
+    and with the same codes."""
+    chains: dict[str, tuple[DeviceCertificate, OperatorCertificate]] = {}
     results: list[Authenticated | Refusal] = []
     for envelope in envelopes:
         try:
-            payment = authenticate_offline_payment(
-                envelope, root_public_key, verified_chains=chains
-            )
+            payment = _authenticate(envelope, root_public_key, chains)
         except CbdcError as error:
             results.append(_refusal(envelope, error.code, error.detail))
             continue
@@ -75,6 +93,44 @@ def authenticate_many(
             )
         )
     return results
+
+
+def _authenticate(
+    envelope: Any,
+    root_public_key: bytes,
+    chains: dict[str, tuple[DeviceCertificate, OperatorCertificate]],
+) -> VerifiedPayment:
+    key = _chain_key(envelope)
+    cached = None if key is None else chains.get(key)
+    if cached is None:
+        payment = authenticate_offline_payment(envelope, root_public_key)
+        if key is not None:
+            chains[key] = (payment.certificate, payment.operator_certificate)
+        return payment
+    certificate, operator_certificate = cached
+    message, signature = messages.open_envelope(
+        OFFLINE_PAYMENT, {"message": envelope["message"], "signature": envelope["signature"]}
+    )
+    check_names_certified(message, certificate)
+    signed = signing.signed_bytes(OFFLINE_PAYMENT, message)
+    try:
+        nacl.signing.VerifyKey(certificate.public_key).verify(signed, signature)
+    except (nacl.exceptions.BadSignatureError, ValueError, TypeError) as exc:
+        raise InvalidSignature("signature does not verify") from exc
+    return VerifiedPayment(hashlib.sha256(signed).hexdigest(), message, signature,
+                           certificate, operator_certificate)
+
+
+def _chain_key(envelope: Any) -> str | None:
+    """The exact JSON text of the envelope's two certificates, or None if it has no such
+    pair (then the full path judges it)."""
+    if not isinstance(envelope, Mapping) or set(envelope) != ENVELOPE_KEYS:
+        return None
+    try:
+        return json.dumps([envelope["certificate"], envelope["operator_certificate"]],
+                          sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
 
 
 def _refusal(envelope: Any, code: str, detail: str) -> Refusal:

@@ -149,6 +149,19 @@ def authenticate_offline_payment(
         verify_chain(certificate, operator_certificate, root_public_key)
         if verified_chains is not None:
             verified_chains.add(chain)
+    check_names_certified(message, certificate)
+    signing.verify(certificate.public_key, OFFLINE_PAYMENT, message, signature)
+    return VerifiedPayment(
+        payment_hash=messages.message_hash(OFFLINE_PAYMENT, message),
+        message=message,
+        signature=signature,
+        certificate=certificate,
+        operator_certificate=operator_certificate,
+    )
+
+
+def check_names_certified(message: Mapping[str, Any], certificate: DeviceCertificate) -> None:
+    """Step 3: the payment names the certified device, wallet and ledger."""
     if (
         message["payer_device"] != certificate.device_id
         or message["payer_wallet"] != certificate.wallet
@@ -160,14 +173,6 @@ def authenticate_offline_payment(
             code="certificate_mismatch",
             serial=certificate.serial,
         )
-    signing.verify(certificate.public_key, OFFLINE_PAYMENT, message, signature)
-    return VerifiedPayment(
-        payment_hash=messages.message_hash(OFFLINE_PAYMENT, message),
-        message=message,
-        signature=signature,
-        certificate=certificate,
-        operator_certificate=operator_certificate,
-    )
 
 
 def check_payment_acceptable(
