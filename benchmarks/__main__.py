@@ -5,7 +5,12 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["benchmarks.ledger_posting", "benchmarks.payments", "benchmarks.simulation"]
+MODULES = [
+    "benchmarks.ledger_posting",
+    "benchmarks.payments",
+    "benchmarks.offline_settlement",
+    "benchmarks.simulation",
+]
 
 
 def main() -> int:
