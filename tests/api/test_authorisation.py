@@ -1,0 +1,96 @@
+"""Who may do what: every route tried anonymously, with a bad key, with the wrong role, as
+another operator and as the owner; every refusal is a problem and changes nothing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cbdc.services import apikeys
+from cbdc.services.context import LedgerContext
+from tests.api.conftest import Keys, assert_problem, auth, money_headers, snapshot
+
+#: (method, path, body) of every central-bank-only route.
+CENTRAL_BANK_ONLY: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("POST", "/v1/operators", {"code": "BANK-Z", "name": "Bank Z"}),
+    ("GET", "/v1/operators", None),
+    ("PUT", "/v1/operators/BANK-A/quota", {"quota_fen": 1}),
+    ("POST", "/v1/operators/BANK-A/reserve-deposits", {"entry_id": "d-1", "amount_fen": 100}),
+    ("POST", "/v1/issuances", {"entry_id": "i-1", "operator": "BANK-A", "amount_fen": 100}),
+    ("POST", "/v1/redemptions", {"entry_id": "r-1", "operator": "BANK-A", "amount_fen": 100}),
+    ("POST", "/v1/issuance-runs",
+     {"run_id": "run-1", "orders": [{"operator": "BANK-A", "amount_fen": 100}]}),
+    ("GET", "/v1/issuance-runs/run-1", None),
+    ("GET", "/v1/reports/supply", None),
+    ("POST", "/v1/audits", None),
+]
+#: Routes about one operator, which that operator may use too.
+OPERATOR_OBJECTS = ["/v1/operators/{code}", "/v1/operators/{code}/report"]
+
+
+def _call(client: TestClient, method: str, path: str, body: Any, key: str | None) -> Any:
+    headers = money_headers(key) if key is not None else auth(None, "anon-key")
+    return client.request(method, path, json=body, headers=headers)
+
+
+@pytest.mark.parametrize(("method", "path", "body"), CENTRAL_BANK_ONLY)
+def test_central_bank_routes_refuse_everyone_else(
+    client: TestClient, keys: Keys, ledger: LedgerContext,
+    method: str, path: str, body: dict[str, Any] | None,
+) -> None:
+    revoked = apikeys.create_api_key(ledger, "central-bank")
+    apikeys.revoke_api_key(ledger, revoked[0].prefix)
+    before = snapshot(ledger)
+    anonymous = _call(client, method, path, body, None)
+    assert_problem(anonymous, 401, "unauthenticated")
+    assert anonymous.headers["www-authenticate"].startswith("Bearer")
+    assert_problem(_call(client, method, path, body, "cbdc_not-a-key"), 401, "unauthenticated")
+    assert_problem(_call(client, method, path, body, revoked[1]), 401, "unauthenticated")
+    for operator_key in (keys.bank_a, keys.bank_b):
+        assert_problem(_call(client, method, path, body, operator_key), 403,
+                       "central_bank_only")
+    basic = client.request(method, path, json=body,
+                           headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert_problem(basic, 401, "unauthenticated")
+    assert snapshot(ledger) == before
+
+
+@pytest.mark.parametrize("template", OPERATOR_OBJECTS)
+def test_operator_objects_are_seen_by_owner_and_central_bank_only(
+    client: TestClient, keys: Keys, ledger: LedgerContext, template: str
+) -> None:
+    before = snapshot(ledger)
+    own = client.get(template.format(code="BANK-A"), headers=auth(keys.bank_a))
+    assert own.status_code == 200 and own.json()["code"] == "BANK-A"
+    by_central_bank = client.get(template.format(code="BANK-A"), headers=auth(keys.central_bank))
+    assert by_central_bank.json() == own.json()
+    foreign = client.get(template.format(code="BANK-A"), headers=auth(keys.bank_b))
+    missing = client.get(template.format(code="BANK-Q"), headers=auth(keys.bank_b))
+    # Another operator's object and one that does not exist look exactly alike.
+    assert_problem(foreign, 404, "operator_not_found")
+    assert_problem(missing, 404, "operator_not_found")
+    assert foreign.json()["detail"].replace("BANK-A", "X") == \
+        missing.json()["detail"].replace("BANK-Q", "X")
+    assert_problem(client.get(template.format(code="BANK-A")), 401, "unauthenticated")
+    assert snapshot(ledger) == before
+
+
+def test_operator_cannot_move_money_for_another_operator(
+    client: TestClient, keys: Keys, ledger: LedgerContext
+) -> None:
+    before = snapshot(ledger)
+    for path in ("/v1/operators/BANK-B/reserve-deposits", "/v1/operators/BANK-A/reserve-deposits"):
+        refused = client.post(path, json={"entry_id": "sneaky", "amount_fen": 10**6},
+                              headers=money_headers(keys.bank_a))
+        assert_problem(refused, 403, "central_bank_only")
+    assert snapshot(ledger) == before
+
+
+def test_authentication_comes_before_validation(client: TestClient, keys: Keys) -> None:
+    """A caller without a key learns nothing, not even that its body is malformed."""
+    response = client.post("/v1/issuances", json={"nonsense": True})
+    assert_problem(response, 401, "unauthenticated")
+    response = client.post("/v1/issuances", json={"nonsense": True}, headers=auth(keys.bank_a))
+    assert_problem(response, 403, "central_bank_only")
