@@ -1,3 +1,4 @@
-"""The pure domain core: money, errors, postings, tiers, signing.
+"""The pure domain core: money, errors, postings, tiers, signing, signed messages, keys, receipts
+and QR payloads.
 
-Imports no SQLAlchemy and no FastAPI."""
+Imports no SQLAlchemy and no FastAPI, reads no clock and draws no randomness."""

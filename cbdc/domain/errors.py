@@ -12,7 +12,16 @@ domain error.
     │   ├── InvalidAmount               amount_invalid
     │   ├── InvalidPostings             postings_invalid
     │   ├── InvalidPlan                 plan_invalid
-    │   └── InvalidKey                  public_key_invalid
+    │   ├── InvalidKey                  public_key_invalid
+    │   └── InvalidMessage              message_invalid (a signed message, see messages.py)
+    │       ├── InvalidEnvelope         envelope_invalid
+    │       ├── InvalidQr               qr_invalid
+    │       ├── FieldMissing            field_missing
+    │       ├── FieldUnknown            field_unknown
+    │       ├── FieldInvalid            field_invalid
+    │       │   ├── UnsupportedVersion  version_unsupported
+    │       │   └── UnsupportedCurrency currency_unsupported
+    │       └── DomainMismatch          domain_invalid
     ├── AuthenticationFailed (401)      unauthenticated
     ├── Forbidden (403)                 forbidden
     ├── NotFound (404)                  *_not_found
@@ -76,6 +85,53 @@ class InvalidPlan(InvalidRequest):
 class InvalidKey(InvalidRequest):
     code = "public_key_invalid"
     title = "Invalid public key"
+
+
+class InvalidMessage(InvalidRequest):
+    """A signed message or its envelope is malformed. ``extra["field"]`` names the field, if any."""
+
+    code = "message_invalid"
+    title = "Invalid signed message"
+
+
+class InvalidEnvelope(InvalidMessage):
+    code = "envelope_invalid"
+    title = "Invalid message envelope"
+
+
+class InvalidQr(InvalidMessage):
+    code = "qr_invalid"
+    title = "Invalid QR payload"
+
+
+class FieldMissing(InvalidMessage):
+    code = "field_missing"
+    title = "A required field is missing"
+
+
+class FieldUnknown(InvalidMessage):
+    code = "field_unknown"
+    title = "An unknown field is present"
+
+
+class FieldInvalid(InvalidMessage):
+    code = "field_invalid"
+    title = "A field has the wrong type or format"
+
+
+class UnsupportedVersion(FieldInvalid):
+    code = "version_unsupported"
+    title = "Unsupported message version"
+
+
+class UnsupportedCurrency(FieldInvalid):
+    code = "currency_unsupported"
+    title = "Unsupported currency"
+
+
+class DomainMismatch(InvalidMessage):
+    code = "domain_invalid"
+    title = "Message domain tag is not the expected one"
 
 
 class AuthenticationFailed(CbdcError):

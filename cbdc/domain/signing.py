@@ -7,19 +7,25 @@ never be replayed as another. docs/protocol.md is the normative description.
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeGuard
 
 import nacl.bindings
 import nacl.exceptions
 import nacl.signing
 import rfc8785
 
-from cbdc.domain.errors import InvalidKey, InvalidRequest, InvalidSignature
+from cbdc.domain.errors import DomainMismatch, InvalidKey, InvalidMessage, InvalidSignature
 
 PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 DOMAIN_PREFIX = "cbdc/v1/"
+#: Keys whose validity is remembered (about 300 bytes each).
+PUBLIC_KEY_CACHE_SIZE = 32_768
+
+_LOWER_HEX = re.compile(r"[0-9a-f]*", re.ASCII)
 
 
 def canonical(message: Mapping[str, Any]) -> bytes:
@@ -28,14 +34,12 @@ def canonical(message: Mapping[str, Any]) -> bytes:
     try:
         return bytes(rfc8785.dumps(dict(message)))
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
-        raise InvalidRequest(
-            f"message is not canonical JSON: {exc}", code="message_invalid"
-        ) from exc
+        raise InvalidMessage(f"message is not canonical JSON: {exc}") from exc
 
 
 def _refuse_floats(value: Any) -> None:
     if isinstance(value, float):
-        raise InvalidRequest("signed messages carry no floats", code="message_invalid")
+        raise InvalidMessage("signed messages carry no floats")
     if isinstance(value, Mapping):
         for item in value.values():
             _refuse_floats(item)
@@ -47,12 +51,9 @@ def _refuse_floats(value: Any) -> None:
 def signed_bytes(domain: str, message: Mapping[str, Any]) -> bytes:
     """Exactly the bytes that are signed for ``message`` under ``domain``."""
     if not domain.startswith(DOMAIN_PREFIX) or not domain.isascii():
-        raise InvalidRequest(f"unknown domain tag {domain!r}", code="domain_invalid")
+        raise DomainMismatch(f"unknown domain tag {domain!r}")
     if message.get("domain") != domain:
-        raise InvalidRequest(
-            f"message domain {message.get('domain')!r} does not match {domain!r}",
-            code="domain_invalid",
-        )
+        raise DomainMismatch(f"message domain {message.get('domain')!r} does not match {domain!r}")
     return domain.encode("ascii") + b"\x00" + canonical(message)
 
 
@@ -63,6 +64,26 @@ def check_public_key(public_key: bytes) -> bytes:
     if not nacl.bindings.crypto_core_ed25519_is_valid_point(public_key):
         raise InvalidKey("public key is not a canonical point of prime order")
     return public_key
+
+
+def is_lower_hex(text: object, length: int) -> TypeGuard[str]:
+    """True if ``text`` is a string of exactly ``length`` lowercase hex digits (ASCII only)."""
+    return isinstance(text, str) and len(text) == length and _LOWER_HEX.fullmatch(text) is not None
+
+
+def public_key_from_hex(text: object) -> bytes:
+    """Decode a public key as it travels (64 lowercase hex) and refuse weak or malformed keys."""
+    if not is_lower_hex(text, 2 * PUBLIC_KEY_BYTES):
+        raise InvalidKey("a public key travels as 64 lowercase hex digits")
+    return _valid_public_key(text)
+
+
+@functools.lru_cache(maxsize=PUBLIC_KEY_CACHE_SIZE)
+def _valid_public_key(text: str) -> bytes:
+    # The subgroup check costs about as much as a signature verification (a scalar
+    # multiplication); the same payer and merchant keys come back again and again, so the
+    # verdict is cached. Refusals raise and are therefore never cached.
+    return check_public_key(bytes.fromhex(text))
 
 
 def sign(signing_key: nacl.signing.SigningKey, domain: str, message: Mapping[str, Any]) -> bytes:

@@ -1,0 +1,95 @@
+"""Receipts: the ledger's signed statement that a payment, capture or refund has settled.
+
+The ledger signs a receipt with its own key after the journal entry is committed, naming the
+entry's place in the hash chain (``entry_seq``, ``entry_hash``), so a wallet holding the ledger's
+public key can prove settlement to anyone without asking the ledger again. Signing lives here, in
+the domain, because services may not import ``cbdc.client``; wallets verify with
+:func:`verify_receipt`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from cbdc.domain.keys import KeyPair
+from cbdc.domain.messages import (
+    CURRENCY,
+    PROTOCOL_VERSION,
+    RECEIPT,
+    Envelope,
+    Message,
+    format_time,
+    validate_message,
+    verify_envelope,
+)
+
+
+class LedgerKey(KeyPair):
+    """The key a ledger signs receipts with. Its public key is published to every wallet."""
+
+    __slots__ = ()
+
+
+def build_receipt(
+    *,
+    ledger_id: str,
+    receipt_for: str,
+    kind: str,
+    payer: str,
+    payee: str,
+    amount_fen: int,
+    entry_seq: int,
+    entry_hash: str,
+    settled_at: datetime,
+) -> Message:
+    """The unsigned receipt message, validated."""
+    message: dict[str, Any] = {
+        "version": PROTOCOL_VERSION,
+        "domain": RECEIPT,
+        "ledger_id": ledger_id,
+        "receipt_for": receipt_for,
+        "kind": kind,
+        "payer": payer,
+        "payee": payee,
+        "amount_fen": amount_fen,
+        "currency": CURRENCY,
+        "entry_seq": entry_seq,
+        "entry_hash": entry_hash,
+        "settled_at": format_time(settled_at),
+    }
+    return validate_message(message, RECEIPT)
+
+
+def sign_receipt(
+    ledger_key: LedgerKey,
+    *,
+    ledger_id: str,
+    receipt_for: str,
+    kind: str,
+    payer: str,
+    payee: str,
+    amount_fen: int,
+    entry_seq: int,
+    entry_hash: str,
+    settled_at: datetime,
+) -> Envelope:
+    """Build and sign a receipt with the ledger's key."""
+    return ledger_key.seal(
+        build_receipt(
+            ledger_id=ledger_id,
+            receipt_for=receipt_for,
+            kind=kind,
+            payer=payer,
+            payee=payee,
+            amount_fen=amount_fen,
+            entry_seq=entry_seq,
+            entry_hash=entry_hash,
+            settled_at=settled_at,
+        )
+    )
+
+
+def verify_receipt(receipt_envelope: object, ledger_public_key_hex: str) -> Message:
+    """Check a receipt envelope completely against the ledger's public key; return the receipt."""
+    return verify_envelope(receipt_envelope, RECEIPT, public_key_hex=ledger_public_key_hex)
