@@ -12,7 +12,8 @@ from api.errors import PROBLEM_MEDIA_TYPE
 from api.schemas.common import Problem
 
 DESCRIPTIONS = {
-    400: "Bad request (e.g. `idempotency_key_missing`).",
+    400: "Bad request: an undecodable body (`bad_request`), `idempotency_key_missing`, or a "
+    "value the service refuses (`operator_code_invalid`, `plan_invalid`...).",
     401: "No, unknown or revoked API key (`unauthenticated`).",
     403: "The caller's role may not do this (`central_bank_only`, `operator_only`).",
     404: "Not found, or not the caller's to see.",
@@ -26,7 +27,9 @@ DESCRIPTIONS = {
 #: Every route can fail like this: bad input, a server fault, an unreachable database.
 ALWAYS = (422, 500, 503)
 AUTHENTICATED = (401, 403)
-MOVES_MONEY = (400, 409, 413)
+#: A route with a body: undecodable bytes (400), too many of them (413).
+WITH_BODY = (400, 413)
+MOVES_MONEY = (*WITH_BODY, 409)
 
 
 def problems(*statuses: int) -> dict[int | str, dict[str, Any]]:

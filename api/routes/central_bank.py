@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from api.auth import CentralBank, Ledger, OperatorCodePath, ScopedOperatorCode
-from api.docs import AUTHENTICATED, MOVES_MONEY, problems
+from api.docs import AUTHENTICATED, MOVES_MONEY, WITH_BODY, problems
 from api.idempotency import IdempotencyKey, run_idempotent
 from api.schemas.central_bank import (
     Entry,
@@ -48,7 +48,7 @@ def entry_out(posted: PostedEntry) -> Entry:
 
 @router.post(
     "/operators", status_code=201, response_model=Operator,
-    responses=problems(*AUTHENTICATED, 409, 413),
+    responses=problems(*AUTHENTICATED, *WITH_BODY, 409),
     summary="Register an operator (repeating it with the same name returns it)",
 )
 def create_operator(body: OperatorCreate, context: Ledger, _: CentralBank) -> Operator:
@@ -75,7 +75,8 @@ def get_operator(code: ScopedOperatorCode, context: Ledger) -> Operator:
 
 @router.put(
     "/operators/{code}/quota", response_model=Operator,
-    responses=problems(*AUTHENTICATED, 404, 413), summary="Set an operator's issuance quota",
+    responses=problems(*AUTHENTICATED, *WITH_BODY, 404),
+    summary="Set an operator's issuance quota",
 )
 def set_quota(
     _: CentralBank, code: OperatorCodePath, body: QuotaUpdate, context: Ledger
