@@ -10,12 +10,14 @@ from api.schemas.common import (
     YUAN_PATTERN,
     AmountFen,
     EntityId,
+    Name,
     NonNegativeFen,
     OperatorCode,
     RequestModel,
     ResponseModel,
     StrictStr,
     Timestamp,
+    Zone,
     examples,
 )
 
@@ -30,7 +32,7 @@ class OperatorCreate(RequestModel):
     )
 
     code: OperatorCode
-    name: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    name: Name
     quota_fen: NonNegativeFen = 0
 
 
@@ -91,7 +93,7 @@ class Entry(ResponseModel):
 
 class PlannedOperator(RequestModel):
     code: OperatorCode
-    name: Annotated[StrictStr, Field(min_length=1, max_length=200)]
+    name: Name
     quota: Yuan | None = None
     quota_fen: NonNegativeFen | None = None
     reserve: Yuan | None = None
@@ -100,7 +102,7 @@ class PlannedOperator(RequestModel):
 
 class PlannedOrder(RequestModel):
     operator: OperatorCode
-    zone: Annotated[StrictStr, Field(max_length=64)] = ""
+    zone: Zone = ""
     amount: Yuan | None = None
     amount_fen: AmountFen | None = None
 

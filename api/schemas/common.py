@@ -19,6 +19,14 @@ AmountFen = Annotated[
 NonNegativeFen = Annotated[
     StrictInt, Field(ge=0, le=AMOUNT_FEN_MAX, description="An amount in fen, 0 or more.")
 ]
+#: Free text (names, zones): printable, no control characters (PostgreSQL refuses NUL in text,
+#: and nobody's name contains a line feed).
+TEXT_PATTERN = r"^[^\x00-\x1f\x7f]*$"
+
+Name = Annotated[StrictStr, Field(min_length=1, max_length=200, pattern=TEXT_PATTERN)]
+Zone = Annotated[StrictStr, Field(max_length=64, pattern=TEXT_PATTERN)]
+
+
 EntityId = Annotated[
     StrictStr,
     Field(pattern=ID_PATTERN, description="A caller-chosen id; it doubles as an idempotency key."),
@@ -85,6 +93,7 @@ __all__ = [
     "AmountFen",
     "EntityId",
     "FieldError",
+    "Name",
     "NonNegativeFen",
     "OperatorCode",
     "Problem",
@@ -94,5 +103,6 @@ __all__ = [
     "StrictInt",
     "StrictStr",
     "Timestamp",
+    "Zone",
     "examples",
 ]

@@ -134,23 +134,26 @@ def test_other_problems_of_central_bank_routes(client: TestClient, keys: Keys) -
     assert_problem(client.get("/v1/operators/NOPE/report", headers=cb), 404,
                    "operator_not_found")
     assert_problem(client.get("/v1/operators/x", headers=cb), 422, "request_invalid")
+    # Found by schemathesis: PostgreSQL refuses NUL in text; the schema refuses control chars.
+    assert_problem(client.post("/v1/operators", json={"code": "BANK-N", "name": "N\u0000"},
+                               headers=cb), 422, "request_invalid")
 
 
-@pytest.mark.parametrize(
-    "amount",
-    [1.5, 100.0, "100", 0, -1, AMOUNT_FEN_MAX + 1, True, None, [1], {"fen": 1}],
-    ids=repr,
-)
+BAD_AMOUNTS = [1.5, 100.0, "100", 0, -1, AMOUNT_FEN_MAX + 1, True, None, [1], {"fen": 1}]
+
+
 def test_amounts_must_be_integer_fen_in_range(
-    client: TestClient, keys: Keys, ledger: LedgerContext, amount: object
+    client: TestClient, keys: Keys, ledger: LedgerContext
 ) -> None:
     before = snapshot(ledger)
-    response = client.post(
-        "/v1/issuances", json={"entry_id": "bad", "operator": "BANK-A", "amount_fen": amount},
-        headers=money_headers(keys.central_bank),
-    )
-    document = assert_problem(response, 422, "request_invalid")
-    assert document["errors"][0]["loc"] == ["body", "amount_fen"]
+    for amount in BAD_AMOUNTS:
+        response = client.post(
+            "/v1/issuances",
+            json={"entry_id": "bad", "operator": "BANK-A", "amount_fen": amount},
+            headers=money_headers(keys.central_bank),
+        )
+        document = assert_problem(response, 422, "request_invalid")
+        assert document["errors"][0]["loc"] == ["body", "amount_fen"], amount
     assert snapshot(ledger) == before
 
 
@@ -163,31 +166,30 @@ def test_largest_amount_is_accepted_by_the_schema(client: TestClient, keys: Keys
     assert_problem(response, 422, "quota_exceeded")  # valid shape; the ledger's rule says no
 
 
-@pytest.mark.parametrize(
-    ("method", "path", "body"),
-    [
-        ("POST", "/v1/issuances", {"entry_id": "i", "operator": "BANK-A", "amount_fen": 1}),
-        ("POST", "/v1/redemptions", {"entry_id": "r", "operator": "BANK-A", "amount_fen": 1}),
-        ("POST", "/v1/operators/BANK-A/reserve-deposits", {"entry_id": "d", "amount_fen": 1}),
-        ("PUT", "/v1/operators/BANK-A/quota", {"quota_fen": 1}),
-        ("POST", "/v1/operators", {"code": "BANK-Z", "name": "Z"}),
-    ],
-)
-@pytest.mark.parametrize(
-    "smuggled",
-    [{"balance": 10**9}, {"status": "active"}, {"owner": "BANK-B"}, {"issued_fen": 0}],
-    ids=lambda extra: next(iter(extra)),
-)
+NOT_INPUTS: list[tuple[str, str, dict[str, object]]] = [
+    ("POST", "/v1/issuances", {"entry_id": "i", "operator": "BANK-A", "amount_fen": 1}),
+    ("POST", "/v1/redemptions", {"entry_id": "r", "operator": "BANK-A", "amount_fen": 1}),
+    ("POST", "/v1/operators/BANK-A/reserve-deposits", {"entry_id": "d", "amount_fen": 1}),
+    ("PUT", "/v1/operators/BANK-A/quota", {"quota_fen": 1}),
+    ("POST", "/v1/operators", {"code": "BANK-Z", "name": "Z"}),
+]
+SMUGGLED: list[dict[str, object]] = [
+    {"balance": 10**9}, {"status": "active"}, {"owner": "BANK-B"}, {"issued_fen": 0},
+]
+
+
+@pytest.mark.parametrize(("method", "path", "body"), NOT_INPUTS, ids=[p for _, p, _ in NOT_INPUTS])
 def test_fields_that_are_not_inputs_are_refused_and_change_nothing(
     client: TestClient, keys: Keys, ledger: LedgerContext,
-    method: str, path: str, body: dict[str, object], smuggled: dict[str, object],
+    method: str, path: str, body: dict[str, object],
 ) -> None:
     before = snapshot(ledger)
     length = journal_length(ledger)
-    response = client.request(method, path, json={**body, **smuggled},
-                              headers=money_headers(keys.central_bank))
-    document = assert_problem(response, 422, "request_invalid")
-    assert document["errors"][0]["type"] == "extra_forbidden"
-    assert document["errors"][0]["loc"] == ["body", next(iter(smuggled))]
+    for smuggled in SMUGGLED:
+        response = client.request(method, path, json={**body, **smuggled},
+                                  headers=money_headers(keys.central_bank))
+        document = assert_problem(response, 422, "request_invalid")
+        assert document["errors"][0]["type"] == "extra_forbidden"
+        assert document["errors"][0]["loc"] == ["body", next(iter(smuggled))]
     assert snapshot(ledger) == before
     assert journal_length(ledger) == length
