@@ -29,7 +29,7 @@ demo: $(VENV)/.installed-runtime
 	CBDC_DATABASE_URL=sqlite:///$(DEMO_DIR)/demo.sqlite3 $(BIN)/cbdc audit
 
 lint: $(VENV)/.installed-test
-	$(BIN)/ruff check cbdc api tests benchmarks migrations
+	$(BIN)/ruff check cbdc api tests benchmarks migrations scripts
 
 types: $(VENV)/.installed-test
 	$(BIN)/mypy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["benchmarks.ledger_posting"]
+MODULES = ["benchmarks.ledger_posting", "benchmarks.payments"]
 
 
 def main() -> int:

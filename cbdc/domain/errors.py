@@ -33,8 +33,22 @@ domain error.
     │   ├── InsufficientFunds           insufficient_funds
     │   ├── QuotaExceeded               quota_exceeded
     │   ├── LimitExceeded               *_limit_exceeded
+    │   ├── ClassChangeRefused          class_change_refused
     │   ├── InvalidSignature            signature_invalid
-    │   └── StatusRefused               *_inactive, *_expired, ...
+    │   ├── StatusRefused               *_inactive, *_expired, ...
+    │   ├── CertificateRefused          certificate_invalid, certificate_chain_invalid,
+    │   │                               certificate_expired, certificate_not_yet_valid,
+    │   │                               certificate_revoked, certificate_mismatch
+    │   ├── OfflineRefused              offline payments between two devices:
+    │   │                               offline_balance_insufficient, offline_value_pending,
+    │   │                               offline_payment_cap_exceeded, offline_balance_cap_exceeded,
+    │   │                               offline_payments_exhausted, offline_counter_replayed,
+    │   │                               offline_chain_broken, offline_wrong_payee,
+    │   │                               offline_wrong_ledger, offline_from_future,
+    │   │                               offline_self_payment, offline_device_uncertified
+    │   ├── LoadRefused                 load_replayed, load_out_of_order, load_wrong_device
+    │   ├── SyncRefused                 sync_receipt_invalid
+    │   └── RevocationListRefused       revocation_list_stale
     └── SchemaOutOfDate (503)           schema_out_of_date
 """
 
@@ -194,6 +208,13 @@ class LimitExceeded(Refused):
     title = "Wallet limit exceeded"
 
 
+class ClassChangeRefused(Refused):
+    """An upgrade or downgrade that the wallet's balance or usage would break."""
+
+    code = "class_change_refused"
+    title = "Wallet class change refused"
+
+
 class InvalidSignature(Refused):
     code = "signature_invalid"
     title = "Invalid signature"
@@ -202,6 +223,37 @@ class InvalidSignature(Refused):
 class StatusRefused(Refused):
     code = "status_refused"
     title = "Refused in the current status"
+
+
+class CertificateRefused(Refused):
+    """A certificate (operator or device) that does not chain, is out of date, or is revoked."""
+
+    code = "certificate_invalid"
+    title = "Certificate refused"
+
+
+class OfflineRefused(Refused):
+    """An offline payment a device refuses to make or to accept; ``code`` names the rule."""
+
+    code = "offline_refused"
+    title = "Offline payment refused"
+
+
+class LoadRefused(Refused):
+    """A load receipt a device refuses to apply (replayed, out of order, for another device)."""
+
+    code = "load_refused"
+    title = "Load receipt refused"
+
+
+class SyncRefused(Refused):
+    code = "sync_receipt_invalid"
+    title = "Sync receipt refused"
+
+
+class RevocationListRefused(Refused):
+    code = "revocation_list_stale"
+    title = "Revocation list refused"
 
 
 class SchemaOutOfDate(CbdcError):

@@ -1,8 +1,18 @@
-"""What every service needs: the engine, an injected clock, and the central bank's identity."""
+"""What every service needs: the engine, an injected clock and randomness, the wallet classes in
+force, the ledger's receipt-signing seed, and the central bank's identity.
+
+Settings (environment, read by :func:`open_ledger` when the caller passes nothing):
+
+* ``CBDC_LEDGER_SIGNING_SEED``: 64 hex characters, the Ed25519 seed of the key with which the
+  ledger signs settlement receipts. Without it a fixed, publicly known test seed is used
+  (:data:`TEST_LEDGER_SIGNING_SEED`): fine for tests and demos, never for production.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import hashlib
+import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -11,6 +21,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, insert, select
 
 from cbdc.clock import Clock, SystemClock
+from cbdc.domain.tiers import WalletClasses
 from cbdc.storage.engine import make_engine, read_transaction, write_transaction
 from cbdc.storage.migrate import ensure_current
 from cbdc.storage.tables import accounts, institutions
@@ -18,6 +29,19 @@ from cbdc.storage.tables import accounts, institutions
 CENTRAL_BANK_CODE = "central-bank"
 CENTRAL_BANK_NAME = "Central Bank"
 ISSUANCE_ACCOUNT_CODE = "cb:issuance"
+ENV_LEDGER_SIGNING_SEED = "CBDC_LEDGER_SIGNING_SEED"
+#: Deterministic and public: receipts signed with it prove nothing outside tests and demos.
+TEST_LEDGER_SIGNING_SEED = hashlib.sha256(b"cbdc test ledger signing seed").digest()
+
+
+def ledger_signing_seed_from_env() -> bytes:
+    text = os.environ.get(ENV_LEDGER_SIGNING_SEED)
+    if not text:
+        return TEST_LEDGER_SIGNING_SEED
+    seed = bytes.fromhex(text)
+    if len(seed) != 32:
+        raise ValueError(f"{ENV_LEDGER_SIGNING_SEED} must be 64 hex characters (32 bytes)")
+    return seed
 
 
 def reserve_account_code(operator_code: str) -> str:
@@ -36,11 +60,18 @@ _open_unit: ContextVar[dict[int, Connection] | None] = ContextVar("cbdc_open_uni
 
 @dataclass
 class LedgerContext:
-    """Handle on one ledger database. Cheap to pass around; holds no transaction of its own."""
+    """Handle on one ledger database. Cheap to pass around; holds no transaction of its own.
+
+    ``wallet_classes`` are the limits in force (configuration; defaults from DOMAIN.md);
+    ``ledger_signing_seed`` makes the key that signs receipts; ``random_bytes`` is the only
+    source of randomness services use (salts), injected so simulations replay."""
 
     engine: Engine
     clock: Clock = field(default_factory=SystemClock)
     ledger_id: str = "cbdc-local"
+    wallet_classes: WalletClasses = field(default_factory=WalletClasses)
+    ledger_signing_seed: bytes = TEST_LEDGER_SIGNING_SEED
+    random_bytes: Callable[[int], bytes] = os.urandom
 
     def now(self) -> datetime:
         return self.clock.now()
@@ -79,12 +110,20 @@ def open_ledger(
     clock: Clock | None = None,
     ledger_id: str = "cbdc-local",
     check_schema: bool = True,
+    wallet_classes: WalletClasses | None = None,
+    ledger_signing_seed: bytes | None = None,
 ) -> LedgerContext:
     """Connect to a migrated database, refuse a schema that is behind, ensure the central bank."""
     engine = make_engine(database_url)
     if check_schema:
         ensure_current(engine)
-    context = LedgerContext(engine=engine, clock=clock or SystemClock(), ledger_id=ledger_id)
+    context = LedgerContext(
+        engine=engine,
+        clock=clock or SystemClock(),
+        ledger_id=ledger_id,
+        wallet_classes=wallet_classes or WalletClasses(),
+        ledger_signing_seed=ledger_signing_seed or ledger_signing_seed_from_env(),
+    )
     ensure_central_bank(context)
     return context
 

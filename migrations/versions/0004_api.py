@@ -1,7 +1,7 @@
 """HTTP API: institutions' API keys (hashes only) and idempotency records.
 
 Revision ID: 0004_api
-Revises: 0001_ledger_core
+Revises: 0002_wallets_payments
 Create Date: 2026-11-28
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_api"
-down_revision: str | None = "0001_ledger_core"
+down_revision: str | None = "0002_wallets_payments"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

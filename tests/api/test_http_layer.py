@@ -25,7 +25,7 @@ def test_health_and_readiness(client: TestClient) -> None:
 def test_not_ready_when_schema_is_behind(
     client: TestClient, ledger: LedgerContext, database_url: str
 ) -> None:
-    migrate.downgrade(database_url, "0001_ledger_core")
+    migrate.downgrade(database_url, "-1")
     assert_problem(client.get("/readyz"), 503, "schema_out_of_date")
     assert client.get("/healthz").status_code == 200
 

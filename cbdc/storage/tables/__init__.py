@@ -10,11 +10,27 @@ from cbdc.storage.tables.ledger import (
     ledger_head,
     postings,
 )
+from cbdc.storage.tables.wallets import (
+    HOLDER_KINDS,
+    KEY_STATUSES,
+    PAYMENT_KINDS,
+    WALLET_STATUSES,
+    payment_codes,
+    payment_requests,
+    payments,
+    wallet_identities,
+    wallet_keys,
+    wallets,
+)
 
 __all__ = [
     "ACCOUNT_KINDS",
     "API_KEY_ROLES",
+    "HOLDER_KINDS",
     "IDEMPOTENCY_STATES",
+    "KEY_STATUSES",
+    "PAYMENT_KINDS",
+    "WALLET_STATUSES",
     "accounts",
     "api_keys",
     "idempotency_keys",
@@ -22,5 +38,11 @@ __all__ = [
     "journal_entries",
     "ledger_head",
     "metadata",
+    "payment_codes",
+    "payment_requests",
+    "payments",
     "postings",
+    "wallet_identities",
+    "wallet_keys",
+    "wallets",
 ]

@@ -1,0 +1,240 @@
+"""The secure element's own rules: loads, unloads, certificates, revocation lists, syncs."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+
+from cbdc.domain.errors import (
+    CbdcError,
+    CertificateRefused,
+    InvalidSignature,
+    LoadRefused,
+    OfflineRefused,
+    RevocationListRefused,
+    SyncRefused,
+)
+from cbdc.domain.money import yuan
+from cbdc.offline import DEFAULT_OFFLINE_CAPS, OfflineCaps, offline_caps_for
+from tests.unit.offline.world import T0, World
+
+
+def test_default_caps_follow_the_domain_brief() -> None:
+    for wallet_class in (1, 2, 3):
+        assert offline_caps_for(wallet_class) == OfflineCaps(yuan(500), yuan(500), 10)
+    assert offline_caps_for(4) == OfflineCaps(yuan(200), yuan(100), 5)
+    assert set(DEFAULT_OFFLINE_CAPS) == {1, 2, 3, 4}
+    with pytest.raises(CbdcError):
+        offline_caps_for(5)
+    with pytest.raises(ValueError):
+        OfflineCaps(yuan(100), yuan(200), 3)
+
+
+def test_a_load_receipt_is_applied_once_and_in_order() -> None:
+    world = World()
+    card = world.device("card")
+    first = world.load_receipt(card, yuan(100))
+    second = world.load_receipt(card, yuan(50))
+    with pytest.raises(LoadRefused) as caught:
+        card.apply_load(second)
+    assert caught.value.code == "load_out_of_order"
+    card.apply_load(first)
+    with pytest.raises(LoadRefused) as caught:
+        card.apply_load(first)
+    assert caught.value.code == "load_replayed"
+    card.apply_load(second)
+    assert card.state().balance_fen == yuan(150)
+    assert card.state().load_counter == 2 and card.state().loaded_fen_total == yuan(150)
+
+
+def test_a_load_receipt_for_another_device_or_altered_is_refused() -> None:
+    world = World()
+    card = world.device("card")
+    other = world.device("other")
+    receipt = world.load_receipt(other, yuan(100))
+    with pytest.raises(LoadRefused) as caught:
+        card.apply_load(receipt)
+    assert caught.value.code == "load_wrong_device"
+    altered = world.load_receipt(card, yuan(1))
+    altered["message"]["amount_fen"] = yuan(500)
+    with pytest.raises(InvalidSignature):
+        card.apply_load(altered)
+    assert card.state().balance_fen == 0
+
+
+def test_a_load_receipt_signed_by_another_operator_is_refused() -> None:
+    world = World()
+    card = world.device("card")
+    forged = world.operator("bank-b").sign_load_receipt(
+        load_id="x", device_id="card", wallet="w-card", amount_fen=yuan(100), load_counter=1,
+        created_at=world.now,
+    )
+    with pytest.raises(InvalidSignature):
+        card.apply_load(forged)
+
+
+def test_loading_above_the_offline_balance_cap_is_refused() -> None:
+    world = World()
+    card = world.device("anon", wallet_class=4)
+    world.load(card, yuan(150))
+    with pytest.raises(OfflineRefused) as caught:
+        world.load(card, yuan(51))
+    assert caught.value.code == "offline_balance_cap_exceeded"
+    assert card.state().balance_fen == yuan(150) and card.state().load_counter == 1
+
+
+def test_an_uncertified_device_does_nothing() -> None:
+    world = World()
+    blank = world.device("blank")
+    blank._certificate = None  # a device fresh from the factory
+    for action in (lambda: blank.unload(world.now), lambda: blank.pay("x", "w-x", 1, world.now)):
+        with pytest.raises(OfflineRefused) as caught:
+            action()
+        assert caught.value.code == "offline_device_uncertified"
+
+
+def test_unload_zeroes_the_balance_and_pay_needs_a_new_load() -> None:
+    world = World()
+    card = world.device("card")
+    world.load(card, yuan(200))
+    card.pay("shop", "w-shop", yuan(50), world.tick())
+    statement = world.unload(card)["message"]
+    assert statement["amount_fen"] == yuan(150)
+    assert statement["loaded_fen_total"] == yuan(200)
+    assert statement["paid_fen_total"] == yuan(50)
+    assert statement["unload_counter"] == 1 and statement["load_counter"] == 1
+    assert statement["last_payment_hash"] == card.state().last_payment_hash
+    with pytest.raises(OfflineRefused) as caught:
+        card.pay("shop", "w-shop", 1, world.tick())
+    assert caught.value.code == "offline_balance_insufficient"
+    assert card.state().unloaded_fen_total == yuan(150)
+
+
+def test_paying_itself_or_a_bad_amount_is_refused() -> None:
+    world = World()
+    card = world.device("card")
+    world.load(card, yuan(10))
+    with pytest.raises(OfflineRefused) as caught:
+        card.pay("card", "w-card", 100, world.now)
+    assert caught.value.code == "offline_self_payment"
+    for amount in (0, -5, 1.5, True):
+        with pytest.raises(CbdcError) as refused:
+            card.pay("shop", "w-shop", amount, world.now)  # type: ignore[arg-type]
+        assert refused.value.code == "amount_invalid"
+    assert card.state().counter == 0 and card.state().balance_fen == yuan(10)
+
+
+def test_ten_payments_then_the_device_must_sync() -> None:
+    world = World()
+    card = world.device("card")
+    world.load(card, yuan(500))
+    for _ in range(10):
+        card.pay("shop", "w-shop", yuan(1), world.tick())
+    with pytest.raises(OfflineRefused) as caught:
+        card.pay("shop", "w-shop", yuan(1), world.tick())
+    assert caught.value.code == "offline_payments_exhausted"
+    receipt = world.operator().sign_sync_receipt(
+        sync_id="s1", device_id="card", synced_counter=10, settled=set(), created_at=world.now
+    )
+    card.sync_done(receipt)
+    card.sync_done(receipt)  # a replay changes nothing
+    assert card.state().payments_since_sync == 0
+    envelope = card.pay("shop", "w-shop", yuan(1), world.tick())
+    assert envelope["message"]["payments_since_sync"] == 1
+    assert envelope["message"]["counter"] == 11
+
+
+def test_sync_receipts_that_do_not_fit_are_refused() -> None:
+    world = World()
+    card = world.device("card")
+    ahead = world.operator().sign_sync_receipt(
+        sync_id="s1", device_id="card", synced_counter=3, settled=set(), created_at=world.now
+    )
+    with pytest.raises(SyncRefused):
+        card.sync_done(ahead)
+    other = world.operator().sign_sync_receipt(
+        sync_id="s2", device_id="other", synced_counter=0, settled=set(), created_at=world.now
+    )
+    with pytest.raises(SyncRefused):
+        card.sync_done(other)
+    forged = world.operator("bank-b").sign_sync_receipt(
+        sync_id="s3", device_id="card", synced_counter=0, settled=set(), created_at=world.now
+    )
+    with pytest.raises(InvalidSignature):
+        card.sync_done(forged)
+
+
+def test_revocation_lists_only_move_forward() -> None:
+    world = World()
+    card = world.device("card")
+    first = world.revoke(1, "dev-x")
+    second = world.revoke(2, "dev-x", "dev-y")
+    assert card.install_revocation_list(second).number == 2
+    assert card.install_revocation_list(second).number == 2  # idempotent
+    with pytest.raises(RevocationListRefused) as caught:
+        card.install_revocation_list(first)
+    assert caught.value.code == "revocation_list_stale"
+    conflicting = world.revoke(2, "dev-z")
+    with pytest.raises(RevocationListRefused):
+        card.install_revocation_list(conflicting)
+    assert card.state().revocation_number == 2
+    assert card.state().revocation_issued_at == world.now
+    altered = world.revoke(3, "dev-x")
+    altered["message"]["revoked"] = []
+    with pytest.raises(InvalidSignature):
+        card.install_revocation_list(altered)
+
+
+def test_a_revoked_device_refuses_to_pay() -> None:
+    world = World()
+    card = world.device("card")
+    world.load(card, yuan(10))
+    card.install_revocation_list(world.revoke(1, "dev-card"))
+    with pytest.raises(CertificateRefused) as caught:
+        card.pay("shop", "w-shop", 100, world.now)
+    assert caught.value.code == "certificate_revoked"
+
+
+def test_certificate_install_and_renewal() -> None:
+    world = World()
+    card = world.device("card")
+    world.load(card, yuan(300))
+    operator = world.operator()
+    renewal = operator.certify_device(
+        serial="dev-card-2", device_id="card", device_public_key=card.public_key,
+        wallet="w-card", wallet_class=2, not_before=T0, not_after=T0 + timedelta(days=700),
+    )
+    card.install_certificate(renewal, operator.certificate, world.now)
+    assert card.certificate == renewal
+    smaller = operator.certify_device(
+        serial="dev-card-3", device_id="card", device_public_key=card.public_key,
+        wallet="w-card", wallet_class=4, not_before=T0, not_after=T0 + timedelta(days=700),
+    )
+    with pytest.raises(OfflineRefused) as caught:
+        card.install_certificate(smaller, operator.certificate, world.now)
+    assert caught.value.code == "offline_balance_cap_exceeded"
+    other_key = world.device("other")
+    foreign = operator.certify_device(
+        serial="dev-z", device_id="card", device_public_key=other_key.public_key,
+        wallet="w-card", wallet_class=2, not_before=T0, not_after=T0 + timedelta(days=1),
+    )
+    with pytest.raises(CertificateRefused) as refused:
+        card.install_certificate(foreign, operator.certificate, world.now)
+    assert refused.value.code == "certificate_mismatch"
+    moved = operator.certify_device(
+        serial="dev-card-4", device_id="card", device_public_key=card.public_key,
+        wallet="w-elsewhere", wallet_class=2, not_before=T0, not_after=T0 + timedelta(days=1),
+    )
+    with pytest.raises(CertificateRefused) as refused:
+        card.install_certificate(moved, operator.certificate, world.now)
+    assert refused.value.code == "certificate_mismatch"
+    assert card.certificate == renewal
+
+
+def test_the_private_key_is_not_exposed() -> None:
+    world = World()
+    card = world.device("card")
+    public_names = [name for name in dir(card) if not name.startswith("_")]
+    assert not [n for n in public_names if "signing" in n or "seed" in n or "private" in n]
+    assert set(public_names) >= {"public_key", "pay", "receive", "unload", "apply_load"}
