@@ -19,6 +19,8 @@ from api.schemas.common import OPERATOR_CODE_PATTERN
 from cbdc.domain.errors import AuthenticationFailed, Forbidden, NotFound
 from cbdc.services.apikeys import Principal, verify_api_key
 from cbdc.services.context import LedgerContext
+from cbdc.services.wallets import Wallet, get_wallet
+from cbdc.storage.wallets import wallet_not_found
 
 bearer = HTTPBearer(
     auto_error=False,
@@ -78,3 +80,18 @@ def scoped_operator_code(code: OperatorCodePath, principal: Caller) -> str:
 
 
 ScopedOperatorCode = Annotated[str, Depends(scoped_operator_code)]
+
+
+WalletIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$", examples=["w-7f3a9c"])]
+
+
+def owned_wallet(wallet_id: WalletIdPath, principal: Operator, context: Ledger) -> Wallet:
+    """The ``{wallet_id}`` path parameter's wallet, if the calling operator serves it; another
+    operator's wallet is exactly as 'not found' as one that does not exist."""
+    wallet = get_wallet(context, wallet_id)
+    if wallet.operator_code != principal.institution_code:
+        raise wallet_not_found(wallet_id)
+    return wallet
+
+
+OwnedWallet = Annotated[Wallet, Depends(owned_wallet)]
