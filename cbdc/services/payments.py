@@ -66,9 +66,10 @@ from cbdc.domain.messages import (
 )
 from cbdc.domain.postings import EntryDraft, canonical_json, transfer
 from cbdc.domain.receipts import LedgerKey, sign_receipt
-from cbdc.domain.settlement import TransferPlan, plan_transfer
+from cbdc.domain.settlement import Party, TransferPlan, plan_transfer
+from cbdc.domain.tiers import Limits, Usage
 from cbdc.services.context import LedgerContext
-from cbdc.services.wallets import check_active, party, wallet_account_code
+from cbdc.services.wallets import check_active, effective_limits, wallet_account_code
 from cbdc.storage.journal import PostedEntry, post_entries
 from cbdc.storage.payments import (
     NewPayment,
@@ -225,6 +226,24 @@ class _Batch:
     floats: dict[int, int]
     in_batch: dict[str, tuple[str, int]] = field(default_factory=dict)
     requests_paid: dict[str, str] = field(default_factory=dict)
+    # What the batch has changed so far, by wallet id or public key (rows stay as loaded).
+    balances: dict[str, int] = field(default_factory=dict)
+    usages: dict[str, Usage] = field(default_factory=dict)
+    sequences: dict[str, int] = field(default_factory=dict)
+    limits: dict[str, Limits] = field(default_factory=dict)
+
+    def party(self, context: LedgerContext, row: WalletRow, now: datetime) -> Party:
+        limits = self.limits.get(row.wallet_id)
+        if limits is None:
+            limits = self.limits[row.wallet_id] = effective_limits(context, row)
+        return Party(
+            wallet_id=row.wallet_id,
+            balance_fen=self.balances.get(row.wallet_id, row.balance_fen),
+            limits=limits,
+            usage=self.usages.get(row.wallet_id, row.usage).at(now),
+            bank_account_linked=row.bank_account_ref is not None,
+            reverse_waterfall=row.reverse_waterfall,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,58 +331,41 @@ def _check_and_apply(
                            code="payment_conflict")
         return None
     key = check_signing_key(batch.keys.get(message["public_key"]), payer)
-    if message["sequence"] <= key.last_sequence:
+    last_sequence = batch.sequences.get(key.public_key, key.last_sequence)
+    if message["sequence"] <= last_sequence:
         raise Conflict(
-            f"sequence {message['sequence']} is not above {key.last_sequence}, the last this "
+            f"sequence {message['sequence']} is not above {last_sequence}, the last this "
             "key used",
             code="sequence_not_fresh",
-            last_sequence=key.last_sequence,
+            last_sequence=last_sequence,
         )
     check_active(payer)
     check_active(payee)
     request_id = message.get("request_id")
     if request_id is not None:
         _check_request(batch, message, now)
-    plan = plan_transfer(party(context, payer, now), party(context, payee, now),
-                         message["amount_fen"])
+    payer_party = batch.party(context, payer, now)
+    plan = plan_transfer(payer_party, batch.party(context, payee, now), message["amount_fen"])
     if plan.topped_up_fen > batch.floats[payer.operator_float_account_id]:
         raise InsufficientFunds(
             f"the linked bank account could not cover the {plan.topped_up_fen} fen shortfall",
             wallet=payer.wallet_id,
             shortfall_fen=plan.topped_up_fen,
         )
-    _apply(batch, payer, payee, key, plan, message, now)
+    amount = plan.amount_fen
+    batch.floats[payer.operator_float_account_id] -= plan.topped_up_fen
+    batch.floats[payee.operator_float_account_id] += plan.swept_fen
+    batch.balances[payer.wallet_id] = payer_party.balance_fen + plan.topped_up_fen - amount
+    batch.usages[payer.wallet_id] = payer_party.usage.plus(amount)
+    batch.balances[payee.wallet_id] = (
+        batch.balances.get(payee.wallet_id, payee.balance_fen) + amount - plan.swept_fen
+    )
+    batch.sequences[key.public_key] = message["sequence"]
     batch.in_batch[payment_id] = (payment.message_hash, index)
     if request_id is not None:
         batch.requests_paid[request_id] = payment_id
     return _Accepted(index, payment, payer, payee, key, plan,
                      settlement_drafts("payment", payment_id, payer, payee, plan))
-
-
-def _apply(
-    batch: _Batch,
-    payer: WalletRow,
-    payee: WalletRow,
-    key: KeyRow,
-    plan: TransferPlan,
-    message: Message,
-    now: datetime,
-) -> None:
-    """Move the batch's running state as the payment's entries will move the ledger."""
-    amount = plan.amount_fen
-    batch.floats[payer.operator_float_account_id] -= plan.topped_up_fen
-    batch.floats[payee.operator_float_account_id] += plan.swept_fen
-    payer_now = batch.wallets[payer.wallet_id]
-    batch.wallets[payer.wallet_id] = replace(
-        payer_now,
-        balance_fen=payer_now.balance_fen + plan.topped_up_fen - amount,
-        usage=payer_now.usage.at(now).plus(amount),
-    )
-    payee_now = batch.wallets[payee.wallet_id]
-    batch.wallets[payee.wallet_id] = replace(
-        payee_now, balance_fen=payee_now.balance_fen + amount - plan.swept_fen
-    )
-    batch.keys[key.public_key] = replace(key, last_sequence=message["sequence"])
 
 
 def _record(
@@ -390,11 +392,9 @@ def _record(
         results[item.index] = settlement
         new_rows.append(row)
     row_ids = insert_payments(connection, new_rows)
-    touched = {item.payer.wallet_id for item in accepted}
-    save_usages(connection, {batch.wallets[w].id: batch.wallets[w].usage for w in touched})
+    save_usages(connection, {batch.wallets[w].id: usage for w, usage in batch.usages.items()})
     save_key_sequences(
-        connection, {batch.keys[k].id: batch.keys[k].last_sequence
-                     for k in {item.key.public_key for item in accepted}}
+        connection, {batch.keys[k].id: sequence for k, sequence in batch.sequences.items()}
     )
     for request_id, payment_id in batch.requests_paid.items():
         connection.execute(
