@@ -94,3 +94,63 @@ def test_authentication_comes_before_validation(client: TestClient, keys: Keys) 
     assert_problem(response, 401, "unauthenticated")
     response = client.post("/v1/issuances", json={"nonsense": True}, headers=auth(keys.bank_a))
     assert_problem(response, 403, "central_bank_only")
+
+
+#: Every route on one wallet: (method, path, body, needs an idempotency key).
+WALLET_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
+    ("GET", "/v1/wallets/w-owned", None),
+    ("PUT", "/v1/wallets/w-owned/class", {"wallet_class": 4}),
+    ("PUT", "/v1/wallets/w-owned/reverse-waterfall", {"enabled": False}),
+    ("POST", "/v1/wallets/w-owned/freeze", None),
+    ("POST", "/v1/wallets/w-owned/unfreeze", None),
+    ("POST", "/v1/wallets/w-owned/close", None),
+    ("POST", "/v1/wallets/w-owned/sub-wallets",
+     {"sub_wallet_id": "w-owned.sub", "caps": {"balance_fen_max": 1, "payment_fen_max": 1,
+                                               "daily_outgoing_fen_max": 1,
+                                               "annual_outgoing_fen_max": 1}}),
+    ("POST", "/v1/wallets/w-owned/sub-wallets/w-owned.till/close", {"entry_id": "sweep"}),
+    ("POST", "/v1/wallets/w-owned/top-ups", {"entry_id": "t-x", "amount_fen": 100}),
+    ("POST", "/v1/wallets/w-owned/withdrawals", {"entry_id": "w-x", "amount_fen": 100}),
+    ("POST", "/v1/wallets/w-owned/keys", {"public_key": "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"}),  # noqa: E501
+    ("GET", "/v1/wallets/w-owned/keys", None),
+    ("POST", "/v1/wallets/w-owned/keys/" + "d7" * 32 + "/revoke", None),
+    ("GET", "/v1/wallets/w-owned/history", None),
+]
+
+
+@pytest.fixture
+def owned_wallet(ledger: LedgerContext, keys: Keys) -> str:
+    """BANK-A's wallet with a sub-wallet and 500 fen, the object every route below aims at."""
+    from cbdc.domain.identity import IdentityEvidence
+    from cbdc.domain.tiers import Limits
+    from cbdc.services import funding, wallets
+
+    wallets.open_wallet(ledger, "w-owned", operator_code="BANK-A", zone="shenzhen",
+                        evidence=IdentityEvidence(phone="+8613800000001"))
+    wallets.authorise_sub_wallet(ledger, "w-owned", "w-owned.till",
+                                 Limits(1_000, 1_000, 1_000, 1_000))
+    funding.top_up(ledger, "t-owned", "w-owned", 500)
+    return "w-owned"
+
+
+@pytest.mark.parametrize(("method", "path", "body"), WALLET_ROUTES,
+                         ids=[f"{m} {p.removeprefix('/v1/wallets/w-owned')}"
+                              for m, p, _ in WALLET_ROUTES])
+def test_wallet_routes_refuse_all_but_the_serving_operator(
+    client: TestClient, keys: Keys, ledger: LedgerContext, owned_wallet: str,
+    method: str, path: str, body: dict[str, Any] | None,
+) -> None:
+    before = snapshot(ledger)
+    assert_problem(_call(client, method, path, body, None), 401, "unauthenticated")
+    assert_problem(_call(client, method, path, body, "cbdc_forged"), 401, "unauthenticated")
+    assert_problem(_call(client, method, path, body, keys.central_bank), 403, "operator_only")
+    foreign = _call(client, method, path, body, keys.bank_b)
+    assert_problem(foreign, 404, "wallet_not_found", wallet="w-owned")
+    nowhere = _call(client, method, path.replace("w-owned", "w-nowhere"), body, keys.bank_b)
+    assert_problem(nowhere, 404, "wallet_not_found")
+    assert foreign.json()["detail"].replace("w-owned", "X") == \
+        nowhere.json()["detail"].replace("w-nowhere", "X")
+    assert snapshot(ledger) == before
+    owner = _call(client, method, path, body, keys.bank_a)
+    assert owner.status_code < 500
+    assert owner.status_code not in (401, 403) and owner.json().get("code") != "wallet_not_found"
