@@ -43,21 +43,28 @@ OPERATIONS = _operations()
 
 
 @pytest.mark.parametrize("caller", ["central_bank", "bank_a"])
-@pytest.mark.parametrize(("method", "path"), OPERATIONS, ids=[f"{m} {p}" for m, p in OPERATIONS])
-def test_every_operation_conforms(
-    app: FastAPI, keys: Keys, caller: str, method: str, path: str
-) -> None:
-    operation = schemathesis.openapi.from_asgi("/openapi.json", app)[path][method]
+def test_every_operation_conforms(app: FastAPI, keys: Keys, caller: str) -> None:
+    """One database per engine and caller, every operation in turn (so state accumulates, as
+    it would in production); every operation's failures are reported together."""
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
     headers = auth(getattr(keys, caller))
     # An operator is refused (403) on most routes after little work; fewer examples suffice.
     examples = BOUNDED.max_examples if caller == "central_bank" else 10
+    failures: dict[str, BaseException] = {}
+    for method, path in OPERATIONS:
+        operation = schema[path][method]
 
-    @given(case=operation.as_strategy())
-    @settings(BOUNDED, max_examples=examples)
-    def conforms(case: Any) -> None:
-        case.call_and_validate(headers=headers, excluded_checks=EXCLUDED)
+        @given(case=operation.as_strategy())
+        @settings(BOUNDED, max_examples=examples)
+        def conforms(case: Any) -> None:
+            case.call_and_validate(headers=headers, excluded_checks=EXCLUDED)
 
-    conforms()
+        try:
+            conforms()
+        except Exception as failure:  # collected, all reported below
+            failures[f"{method} {path}"] = failure
+    assert not failures, "\n\n".join(f"{label}:\n{failure}" for label, failure in
+                                      failures.items())
 
 
 def test_stateful_phase(app: FastAPI, keys: Keys) -> None:
