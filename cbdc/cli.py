@@ -17,6 +17,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -65,7 +66,12 @@ def domain_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except CbdcError as error:
-            errors.print(f"[bold red]error[/] [{error.code}] {error.detail}", highlight=False)
+            # escape(): Rich reads "[plan_invalid]" (or "[[orders]]" in a detail) as markup
+            # and would silently drop the stable code the caller switches on.
+            errors.print(
+                f"[bold red]error[/] {escape(f'[{error.code}]')} {escape(error.detail)}",
+                highlight=False,
+            )
             raise typer.Exit(2) from error
 
     return wrapper
@@ -189,21 +195,22 @@ def _print_run(report: RunReport) -> None:
     table.add_column("operator", footer="total")
     table.add_column("issued (CNY)", justify="right", footer=_cny(report.issued_fen))
     for code, amount in sorted(report.issued_by_operator.items()):
-        table.add_row(code, _cny(amount))
+        table.add_row(escape(code), _cny(amount))
     console.print(table)
     zones = Table(title="by pilot zone")
     zones.add_column("zone")
     zones.add_column("issued (CNY)", justify="right")
     for zone, amount in sorted(report.issued_by_zone.items()):
-        zones.add_row(zone or "(none)", _cny(amount))
+        zones.add_row(escape(zone) or "(none)", _cny(amount))
     console.print(zones)
     console.print(
         f"orders: {report.orders_planned} planned, {report.orders_issued_now} issued now, "
         f"{report.orders_already_done} already done, {len(report.failures)} failed"
     )
     for order, error in report.failures:
-        errors.print(f"[red]order {order.number} ({order.operator}, "
-                     f"{_cny(order.amount_fen)} CNY): [{error.code}] {error.detail}")
+        errors.print(f"[red]order {order.number} ({escape(order.operator)}, "
+                     f"{_cny(order.amount_fen)} CNY): {escape(f'[{error.code}]')} "
+                     f"{escape(error.detail)}", highlight=False)
 
 
 def print_supply(report: SupplyReport) -> None:
@@ -241,7 +248,7 @@ def _print_audit(report: AuditReport) -> None:
         table.add_column(column)
     for finding in report.findings:
         amount = "" if finding.amount_fen is None else str(finding.amount_fen)
-        table.add_row(finding.code, finding.subject, amount, finding.detail)
+        table.add_row(finding.code, escape(finding.subject), amount, escape(finding.detail))
     console.print(table)
 
 

@@ -31,7 +31,7 @@ from cbdc.domain.errors import (
     NotFound,
     QuotaExceeded,
 )
-from cbdc.domain.money import check_amount, format_yuan
+from cbdc.domain.money import AMOUNT_FEN_MAX, check_amount, format_yuan
 from cbdc.domain.postings import transfer
 from cbdc.services.context import (
     CENTRAL_BANK_CODE,
@@ -165,8 +165,14 @@ def account_id(connection: Connection, code: str) -> int:
 def set_quota(context: LedgerContext, operator_code: str, quota_fen: int) -> Operator:
     """The central bank sets how much e-CNY an operator may have outstanding. Lowering it below
     what is outstanding is allowed: it only stops further issuance."""
-    if isinstance(quota_fen, bool) or not isinstance(quota_fen, int) or quota_fen < 0:
-        raise InvalidRequest("quota must be a non-negative integer of fen", code="amount_invalid")
+    if (
+        isinstance(quota_fen, bool)
+        or not isinstance(quota_fen, int)
+        or not 0 <= quota_fen <= AMOUNT_FEN_MAX
+    ):
+        raise InvalidRequest(
+            f"quota must be an integer of fen from 0 to {AMOUNT_FEN_MAX}", code="amount_invalid"
+        )
     with context.write() as connection:
         operator = get_operator(connection, operator_code, lock=True)
         connection.execute(
