@@ -19,6 +19,7 @@ an unexpected failure, so the client may simply retry.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,7 +28,7 @@ from sqlalchemy import Connection, delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from cbdc.domain.errors import IdempotencyInFlight, InvalidRequest, Refused
-from cbdc.domain.postings import canonical_json, sha256_hex
+from cbdc.domain.postings import sha256_hex
 from cbdc.services.context import LedgerContext
 from cbdc.storage.tables import idempotency_keys
 
@@ -66,8 +67,13 @@ def check_key(key: str | None) -> str:
 
 
 def fingerprint(method: str, path: str, body: Any) -> str:
-    """sha256 of the method, the path and the canonical JSON of the (parsed) body."""
-    return sha256_hex(method.upper().encode() + b" " + path.encode() + b"\n" + canonical_json(body))
+    """sha256 of the method, the path and the (parsed) body as sorted, compact JSON.
+
+    Not the ledger's canonical JSON, which refuses floats: a body may carry one (inside a signed
+    message the service will refuse), and the refusal is what the client must get back, stored
+    under its key like any other answer."""
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return sha256_hex(method.upper().encode() + b" " + path.encode() + b"\n" + text.encode())
 
 
 def claim(
