@@ -5,7 +5,11 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["benchmarks.ledger_posting", "benchmarks.payments"]
+MODULES = [
+    "benchmarks.ledger_posting",
+    "benchmarks.payments",
+    "benchmarks.offline_settlement",
+]
 
 
 def main() -> int:

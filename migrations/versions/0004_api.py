@@ -1,7 +1,7 @@
 """HTTP API: institutions' API keys (hashes only) and idempotency records.
 
 Revision ID: 0004_api
-Revises: 0002_wallets_payments
+Revises: 0003_offline
 Create Date: 2026-11-28
 """
 
@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0004_api"
-down_revision: str | None = "0002_wallets_payments"
+down_revision: str | None = "0003_offline"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
