@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from api import docs
 from api.errors import install_error_handlers
 from api.limits import DEFAULT_MAX_BODY_BYTES, BodySizeLimit
-from api.routes import central_bank, health, payments, reports, wallets
+from api.routes import central_bank, health, offline, payments, reports, wallets
 from cbdc.services.context import LedgerContext, open_ledger
 
 API_VERSION = "1"
@@ -64,7 +64,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     routers = (health.router, central_bank.router, reports.router, wallets.router,
-               payments.router)
+               payments.router, offline.router)
     for router in routers:
         app.include_router(router)
     docs.install_openapi(app)

@@ -19,6 +19,7 @@ from cbdc.domain.errors import NotFound
 from cbdc.services.context import LedgerContext
 from cbdc.services.payments import Settlement, from_record
 from cbdc.services.wallets import Wallet
+from cbdc.storage.offline import load_device as load_offline_device
 from cbdc.storage.payments import find_payment
 from cbdc.storage.tables import institutions, journal_entries, payments, postings, wallets
 from cbdc.storage.wallets import load_wallet
@@ -126,3 +127,9 @@ def limits_left(wallet: Wallet) -> LimitsLeft:
 
 def _left(cap: int | None, used: int) -> int | None:
     return None if cap is None else max(0, cap - used)
+
+
+def device_operator(context: LedgerContext, device_id: str) -> str:
+    """The code of the operator that certified ``device_id``; ``offline_device_not_found``."""
+    with context.read() as connection:
+        return load_offline_device(connection, device_id).operator_code
