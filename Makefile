@@ -20,10 +20,12 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[test]'
 	touch $@ $(VENV)/.installed-runtime
 
-# The default pilot week (examples/scenario.toml) on a fresh SQLite file $(DEMO_DIR)/ledger.sqlite3:
-# issuance run, wallets, payments and cheats, then reconciliation and audit; prints the report path.
+# The pilot week at a tenth of its size (examples/demo-scenario.toml: 1,000 wallets, 10,000
+# payments; about half a minute) on a fresh SQLite file $(DEMO_DIR)/ledger.sqlite3: issuance run,
+# wallets, payments and cheats, then reconciliation and audit; prints where the report is.
+# The full default scenario: `.venv/bin/cbdc simulate --seed 42 --out out/pilot-week`.
 demo: $(VENV)/.installed-runtime
-	$(BIN)/cbdc simulate --seed 42 --out $(DEMO_DIR)
+	$(BIN)/cbdc simulate examples/demo-scenario.toml --seed 42 --out $(DEMO_DIR)
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check cbdc api tests benchmarks migrations scripts
