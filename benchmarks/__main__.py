@@ -10,6 +10,7 @@ MODULES = [
     "benchmarks.payments",
     "benchmarks.offline_settlement",
     "benchmarks.simulation",
+    "benchmarks.http_api",
 ]
 
 
