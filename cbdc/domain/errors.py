@@ -49,7 +49,9 @@ domain error.
     │   ├── LoadRefused                 load_replayed, load_out_of_order, load_wrong_device
     │   ├── SyncRefused                 sync_receipt_invalid
     │   └── RevocationListRefused       revocation_list_stale
-    └── SchemaOutOfDate (503)           schema_out_of_date
+    ├── SchemaOutOfDate (503)           schema_out_of_date
+    └── ApiUnavailable (503)            api_unavailable (a client of the HTTP API: the
+                                        server did not answer, or not as the API says)
 """
 
 from __future__ import annotations
@@ -260,3 +262,9 @@ class SchemaOutOfDate(CbdcError):
     code = "schema_out_of_date"
     status = 503
     title = "Database schema is behind the code"
+
+
+class ApiUnavailable(CbdcError):
+    code = "api_unavailable"
+    status = 503
+    title = "The HTTP API did not answer as expected"

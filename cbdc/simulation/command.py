@@ -23,9 +23,17 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from cbdc.domain.errors import CbdcError
+from cbdc.domain.errors import CbdcError, InvalidRequest
 from cbdc.domain.money import format_yuan
-from cbdc.simulation.runner import Simulation, fresh_sqlite_url, in_process_port, simulate
+from cbdc.simulation.ports import LedgerPort
+from cbdc.simulation.runner import (
+    Simulation,
+    api_port,
+    fresh_sqlite_url,
+    in_process_port,
+    parse_operator_keys,
+    simulate,
+)
 from cbdc.simulation.scenario import default_scenario, load_scenario
 
 console = Console(width=None if sys.stdout.isatty() else 132)
@@ -52,17 +60,36 @@ def simulate_command(
     ] = None,
     api: Annotated[
         str | None,
-        typer.Option("--api", help="Drive a running `cbdc serve` at this URL over HTTP instead."),
+        typer.Option("--api", help="Drive a running `cbdc serve` at this URL (http://HOST:PORT) "
+                                   "over HTTP instead."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option("--api-key", envvar="CBDC_API_KEY",
+                     help="With --api: the central bank's API key."),
+    ] = None,
+    operator_keys: Annotated[
+        list[str] | None,
+        typer.Option("--operator-key", envvar="CBDC_SIM_OPERATOR_KEYS",
+                     help="With --api: CODE=KEY, one per operator of the scenario (keys from "
+                          "`cbdc apikey create CODE` on the server; the environment variable "
+                          "takes them separated by spaces)."),
     ] = None,
 ) -> None:
     """Simulate a pilot: issuance, wallets, merchant and personal payments, cheats; report."""
     try:
         scenario = load_scenario(scenario_path) if scenario_path else default_scenario()
         scenario = scenario.scaled(scale)
+        port: LedgerPort
         if api is not None:
-            raise CbdcError("--api needs the HTTP API (cbdc serve), which this build lacks",
-                            code="api_unavailable")
-        port = in_process_port(scenario, seed, database_url or fresh_sqlite_url(out))
+            if api_key is None or database_url is not None:
+                raise InvalidRequest("--api needs --api-key (the central bank's) and no "
+                                     "--database-url (the server has its own)",
+                                     code="api_options_invalid")
+            scenario, port = api_port(scenario, api, api_key,
+                                      parse_operator_keys(operator_keys or []))
+        else:
+            port = in_process_port(scenario, seed, database_url or fresh_sqlite_url(out))
         with _progress() as progress:
             tasks: dict[str, TaskID] = {}
 

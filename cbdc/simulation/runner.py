@@ -7,13 +7,16 @@ what a user runs.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
-from datetime import datetime, time, timedelta
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 
 from cbdc.clock import ManualClock
+from cbdc.domain.errors import InvalidRequest
 from cbdc.services.context import open_ledger
 from cbdc.simulation.driver import Driver, Progress, RunResult
+from cbdc.simulation.http import HttpLedger
 from cbdc.simulation.inprocess import InProcessLedger
 from cbdc.simulation.ports import LedgerPort
 from cbdc.simulation.report import Written, write_report
@@ -44,6 +47,31 @@ def in_process_port(scenario: Scenario, seed: int, database_url: str) -> InProce
     context = open_ledger(url, clock=clock, ledger_id=scenario.ledger_id)
     context.random_bytes = random.Random(seed ^ _SALT_STREAM).randbytes
     return InProcessLedger(context, clock)
+
+
+def api_port(
+    scenario: Scenario, url: str, central_bank_key: str, operator_keys: Mapping[str, str],
+    *, today: date | None = None,
+) -> tuple[Scenario, HttpLedger]:
+    """The scenario moved to start tomorrow (in its zone), and an adapter for the API at ``url``.
+
+    The server judges payment requests' and codes' expiries by its own clock, so the simulated
+    week must lie ahead of it; ``today`` defaults to the real date."""
+    today = today or datetime.now(UTC).astimezone(scenario.zone_info).date()
+    moved = replace(scenario, start_date=today + timedelta(days=1))
+    return moved, HttpLedger(url, central_bank_key, operator_keys)
+
+
+def parse_operator_keys(pairs: list[str]) -> dict[str, str]:
+    """``CODE=KEY`` pairs (``--operator-key``) as a mapping."""
+    keys: dict[str, str] = {}
+    for pair in pairs:
+        code, sep, key = pair.partition("=")
+        if not sep or not code or not key:
+            raise InvalidRequest(f"--operator-key takes CODE=KEY, not {pair!r}",
+                                 code="operator_key_invalid")
+        keys[code] = key
+    return keys
 
 
 def fresh_sqlite_url(out: Path) -> str:

@@ -1,0 +1,143 @@
+"""`cbdc simulate --api`: a tiny pilot driven over HTTP against a `cbdc serve` this test starts on
+a fresh SQLite file, as a real client would: the invariants hold, the server's own audit passes,
+and every payment the simulation counts as settled is in the server's journal."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from cbdc.cli import app
+from cbdc.services import apikeys, issuance
+from cbdc.services.context import open_ledger
+from cbdc.simulation.scenario import load_scenario
+from cbdc.storage import migrate
+from cbdc.storage.engine import ENV_DATABASE_URL
+from cbdc.storage.tables import payments
+from tests.simulation.test_command import tiny_scenario
+
+runner = CliRunner()
+
+
+def cheating_scenario(folder: Path) -> Path:
+    """The tiny pilot with cheats at ten times the default rates, so each kind is injected."""
+    path = tiny_scenario(folder)
+    text = (path.read_text(encoding="utf-8")
+            .replace("replay_percent = 0.3", "replay_percent = 3")
+            .replace("over_cap_percent = 0.2", "over_cap_percent = 2")
+            .replace("forged_signature_percent = 0.2", "forged_signature_percent = 2"))
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@dataclass
+class Server:
+    base: str
+    database_url: str
+    central_bank_key: str
+    operator_keys: list[str]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[Server]:
+    """`cbdc serve` on a fresh migrated SQLite file, with the scenario's operators registered
+    and a key for each (what `cbdc apikey create CODE` does on the server's database)."""
+    url = f"sqlite:///{tmp_path / 'served.sqlite3'}"
+    migrate.upgrade(url)
+    context = open_ledger(url)
+    try:
+        _, central_bank_key = apikeys.create_api_key(context, "central-bank")
+        operator_keys = []
+        for spec in load_scenario(tiny_scenario(tmp_path)).operators:
+            issuance.create_operator(context, spec.code, spec.name)
+            operator_keys.append(f"{spec.code}={apikeys.create_api_key(context, spec.code)[1]}")
+    finally:
+        context.dispose()
+    port = _free_port()
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("cbdc")), "serve", "--port", str(port)],
+        env={**os.environ, ENV_DATABASE_URL: url},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.stderr.read() if process.stderr else ""
+            assert time.monotonic() < deadline, "cbdc serve did not start in 30 s"
+            time.sleep(0.1)
+        yield Server(base, url, central_bank_key, operator_keys)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def test_a_tiny_pilot_settles_over_http_and_the_servers_books_hold(
+    server: Server, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    arguments = ["simulate", str(cheating_scenario(tmp_path)), "--seed", "5", "--out", str(out),
+                 "--api", server.base, "--api-key", server.central_bank_key]
+    for pair in server.operator_keys:
+        arguments += ["--operator-key", pair]
+    result = runner.invoke(app, arguments)
+    assert result.exit_code == 0, result.output
+    assert "ALL INVARIANTS HOLD" in result.output
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["ok"] is True
+    assert all(metrics["invariants"].values())
+    assert metrics["final_state_hash"].startswith("http:")
+    cheats = metrics["cheats"]
+    assert set(cheats["by_kind"]) == {"replay", "over_cap", "forged_signature"}
+    assert cheats["caught"] == cheats["injected"] == 14
+    assert sum(metrics["rejections"]["cheats"].values()) > 0  # refusals came as problem codes
+    assert not (out / "ledger.sqlite3").exists()  # nothing ran in-process
+
+    audit = httpx.post(f"{server.base}/v1/audits",
+                       headers={"Authorization": f"Bearer {server.central_bank_key}"})
+    assert audit.status_code == 200 and audit.json()["ok"] is True, audit.text
+    context = open_ledger(server.database_url)
+    try:
+        with context.read() as connection:
+            settled_on_server = connection.execute(
+                select(func.count()).select_from(payments)).scalar_one()
+    finally:
+        context.dispose()
+    settled = metrics["payments"]["settled"]
+    assert settled > 100
+    assert settled_on_server == settled
+
+
+def test_api_refuses_to_run_without_the_operators_keys(server: Server, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["simulate", str(tiny_scenario(tmp_path)), "--out",
+                                 str(tmp_path / "out"), "--api", server.base,
+                                 "--api-key", server.central_bank_key])
+    assert result.exit_code == 2
+    assert "operator_key_missing" in result.output
+    supply = httpx.get(f"{server.base}/v1/reports/supply",
+                       headers={"Authorization": f"Bearer {server.central_bank_key}"})
+    assert supply.json()["total"]["outstanding_fen"] == 0  # refused before anything was issued
