@@ -44,11 +44,13 @@ from cbdc.domain.tiers import DEFAULT_CLASSES
 from cbdc.services.issuance_run import Order, Plan, PlannedOperator, RunReport
 from cbdc.simulation.amounts import AmountDistribution, apportion, part_of
 from cbdc.simulation.metrics import Metrics
+from cbdc.simulation.offline import OfflineDesk
 from cbdc.simulation.population import Population
 from cbdc.simulation.ports import (
     Capture,
     Command,
     LedgerPort,
+    OfflineLedgerPort,
     Outcome,
     Pay,
     PresentRequest,
@@ -124,9 +126,12 @@ class Driver:
         self.progress = progress or (lambda _phase, _done, _total: None)
         self.metrics = Metrics(hours=scenario.hours)
         self.amounts = AmountDistribution(scenario.amount_buckets)
-        self.offline_available = offline_available
         zone = scenario.zone_info
         self.start = datetime.combine(scenario.start_date, clock_time(0), tzinfo=zone)
+        self.offline: OfflineDesk | None = None
+        if offline_available and isinstance(port, OfflineLedgerPort):
+            self.offline = OfflineDesk(self, port)
+        self.offline_available = self.offline is not None
         self.population = Population(scenario, self.rng, seed)
         self.batch = _Batch()
         self.recent_replayable: deque[tuple[str, Any]] = deque(maxlen=REPLAY_MEMORY)
@@ -275,11 +280,16 @@ class Driver:
                 if len(self.batch) >= scenario.batch_size:
                     self._flush()
                 done += 1
+            closes = begins + timedelta(minutes=59, seconds=59)
             if hour % 24 == 23:
-                self._sweep(begins + timedelta(minutes=59, seconds=59))
+                self._sweep(closes)
             self._flush()
+            if self.offline is not None:
+                self.offline.close_hour(closes)
             self.metrics.supply.append(self.port.supply(hour))
             self.progress("payments", done, slots)
+        if self.offline is not None:
+            self.offline.finish(self.start + timedelta(hours=len(per_hour)))
 
     def _draw(self, urn: dict[str, int]) -> str:
         """Take one slot's kind out of the urn (so the totals are exact, the order random)."""
@@ -292,8 +302,11 @@ class Driver:
         raise AssertionError("the urn is empty")
 
     def _slot(self, kind: str, at: datetime) -> None:
-        if kind in ("offline", "cloned_card") and not self.offline_available:
-            self.metrics.not_run[kind] += 1
+        if kind in ("offline", "cloned_card"):
+            if self.offline is None:
+                self.metrics.not_run[kind] += 1
+            else:
+                self.offline.intend(kind)
             return
         handler = {
             "merchant_qr": self._merchant_qr,

@@ -10,11 +10,13 @@ driver never learns more than a real client would: what was settled or refused, 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from cbdc.services.issuance_run import Plan, RunReport
+from cbdc.services.offline import ProvisionedDevice, UploadReport
 from cbdc.simulation.metrics import SupplySample
 
 Envelope = Mapping[str, Any]
@@ -144,3 +146,27 @@ class LedgerPort(Protocol):
     def final_state_hash(self) -> str: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class OfflineLedgerPort(Protocol):
+    """What offline payments need from a ledger: certify a device, load it (wallet -> escrow,
+    an operator-signed receipt), take a device's upload (settling what it holds, opening fraud
+    cases) and list the fraud cases. Each call is its own unit of work at the port's time;
+    refusals are raised (:class:`~cbdc.domain.errors.CbdcError`)."""
+
+    def offline_session(self) -> AbstractContextManager[None]:
+        """Group the calls made inside it (in-process: one unit of work, each call in its own
+        savepoint, so a refusal undoes only itself)."""
+        ...
+
+    def provision_device(self, device_id: str, wallet_id: str,
+                         public_key_hex: str) -> ProvisionedDevice: ...
+
+    def load_device(self, load_id: str, device_id: str, amount_fen: int) -> dict[str, Any]: ...
+
+    def upload_offline(self, envelopes: Sequence[Any], device_id: str) -> UploadReport: ...
+
+    def fraud_devices(self) -> dict[str, int]:
+        """Device id -> number of fraud cases opened against it."""
+        ...

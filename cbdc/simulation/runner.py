@@ -90,9 +90,11 @@ def simulate(
     port: LedgerPort,
     out: Path | None = None,
     progress: Progress | None = None,
-    offline_available: bool = False,
+    offline_available: bool = True,
 ) -> Simulation:
-    """Run ``scenario`` with ``seed`` against ``port``; write the report to ``out`` if given."""
+    """Run ``scenario`` with ``seed`` against ``port``; write the report to ``out`` if given.
+    Offline payments run when ``offline_available`` and the port offers the offline services
+    (:class:`~cbdc.simulation.ports.OfflineLedgerPort`: in-process, not yet over HTTP)."""
     try:
         result = Driver(scenario, seed, port, progress=progress,
                         offline_available=offline_available).run()

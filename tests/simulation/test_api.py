@@ -116,6 +116,8 @@ def test_a_tiny_pilot_settles_over_http_and_the_servers_books_hold(
     assert cheats["caught"] == cheats["injected"] == 14
     assert sum(metrics["rejections"]["cheats"].values()) > 0  # refusals came as problem codes
     assert not (out / "ledger.sqlite3").exists()  # nothing ran in-process
+    assert metrics["offline_run"] is False  # the adapter does not drive the device routes yet
+    assert metrics["payments"]["not_run_by_kind"]["offline"] == 16  # 8 % of 200
 
     audit = httpx.post(f"{server.base}/v1/audits",
                        headers={"Authorization": f"Bearer {server.central_bank_key}"})

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from cbdc.services import offline
 from cbdc.services.context import open_ledger
 from cbdc.simulation.report import CHARTS
 from cbdc.simulation.runner import Simulation, in_process_port, simulate
@@ -110,11 +111,21 @@ def test_every_injected_cheat_was_refused_or_detected_and_moved_no_money(runs: R
         + int(scenario.payment_count * scenario.misbehaviour.over_cap_percent / 100)
         + int(scenario.payment_count * scenario.misbehaviour.forged_signature_percent / 100)
     )
-    assert injections.injected == planned
+    offline_slots = scenario.payment_count * scenario.mix_share("offline") // sum(
+        share for _, share in scenario.mix)
+    clones = int(offline_slots * scenario.misbehaviour.cloned_card_percent / 100)
+    assert clones >= 5
+    assert injections.injected == planned + clones
     by_kind = injections.by_kind()
-    assert set(by_kind) == {"replay", "over_cap", "forged_signature"}
+    assert set(by_kind) == {"replay", "over_cap", "forged_signature", "cloned_card"}
     assert all(row["accepted"] == 0 for row in by_kind.values())
     assert injections.caught == injections.injected
+    # Every cloned card was detected: a fraud case against it, and its twin's spending paid by
+    # the operator (a loss), never by a second draw on the escrow.
+    assert by_kind["cloned_card"] == {"refused": 0, "detected": clones, "accepted": 0}
+    cloned = {entry.subject_id for entry in injections.entries if entry.kind == "cloned_card"}
+    metrics = result.metrics
+    assert metrics.fraud_cases >= clones and metrics.fraud_losses_fen > 0
     refused = [entry for entry in injections.entries if entry.outcome == "refused"]
     assert sum(result.metrics.cheat_rejections.values()) == len(refused)
     assert {entry.code for entry in refused if entry.kind == "over_cap"} == {
@@ -127,9 +138,11 @@ def test_every_injected_cheat_was_refused_or_detected_and_moved_no_money(runs: R
                 select(payments.c.payment_id).where(
                     payments.c.payment_id.in_([entry.subject_id for entry in refused]))
             ).scalars())
+        cases = offline.fraud_cases(context)
     finally:
         context.dispose()
     assert settled == set()
+    assert cloned <= {case.device_id for case in cases if case.code == "offline_double_spend"}
 
 
 class _Images(HTMLParser):
