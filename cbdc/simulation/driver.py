@@ -146,8 +146,8 @@ class Driver:
         self.port.ensure_empty()
         if not self.offline_available:
             self.metrics.note("offline payments (and cloned-card cheats) were not run: this "
-                              "ledger has no offline settlement service; their slots are "
-                              "counted as not run")
+                              "ledger port does not drive offline devices (--api, for now); "
+                              "their slots are counted as not run")
         issuance = self._timed("issuance", self._issue)
         self._timed("wallets", self._open_wallets)
         self._timed("payments", self._payments)
