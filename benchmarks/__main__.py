@@ -9,6 +9,7 @@ MODULES = [
     "benchmarks.ledger_posting",
     "benchmarks.payments",
     "benchmarks.offline_settlement",
+    "benchmarks.simulation",
 ]
 
 

@@ -8,6 +8,7 @@ or a run with failed orders exits 1.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -22,12 +23,18 @@ from rich.table import Table
 
 from cbdc.domain.errors import CbdcError
 from cbdc.domain.money import format_yuan
+from cbdc.services import apikeys
 from cbdc.services.audit import AuditReport, run_audit
 from cbdc.services.context import LedgerContext, open_ledger
 from cbdc.services.issuance_run import RunReport, execute_plan, load_plan
 from cbdc.services.reconcile import SupplyReport, supply_report
 from cbdc.storage import migrate
-from cbdc.storage.engine import database_url_from_env, make_engine, normalise_url
+from cbdc.storage.engine import (
+    ENV_DATABASE_URL,
+    database_url_from_env,
+    make_engine,
+    normalise_url,
+)
 
 app = typer.Typer(
     help="cbdc: a two-tier central bank digital currency ledger.", no_args_is_help=True
@@ -243,3 +250,74 @@ def _print_audit(report: AuditReport) -> None:
         amount = "" if finding.amount_fen is None else str(finding.amount_fen)
         table.add_row(finding.code, escape(finding.subject), amount, escape(finding.detail))
     console.print(table)
+
+
+# `cbdc simulate` lives in its own module (it is the biggest command); registered here.
+from cbdc.simulation.command import simulate_command  # noqa: E402
+
+app.command("simulate")(simulate_command)
+
+# The HTTP API's commands (issue 5), kept together so they merge cleanly.
+apikey_app = typer.Typer(help="API keys of institutions for the HTTP API.", no_args_is_help=True)
+app.add_typer(apikey_app, name="apikey")
+
+
+@apikey_app.command("create")
+@domain_errors
+def apikey_create(code: str, database_url: DatabaseUrl = None) -> None:
+    """Create an API key for CODE ('central-bank' or an operator's code); it is printed once."""
+    context = _open(database_url)
+    try:
+        record, key = apikeys.create_api_key(context, code)
+    finally:
+        context.dispose()
+    errors.print(f"API key {record.prefix}... for {record.institution_code} ({record.role}); "
+                 "store it now, it is not shown again:", highlight=False)
+    print(key)
+
+
+@apikey_app.command("list")
+@domain_errors
+def apikey_list(database_url: DatabaseUrl = None) -> None:
+    """List API keys (display prefixes only)."""
+    context = _open(database_url)
+    try:
+        records = apikeys.list_api_keys(context)
+    finally:
+        context.dispose()
+    table = Table(title="API keys")
+    for column in ("prefix", "institution", "role", "created", "revoked"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(record.prefix, record.institution_code, record.role,
+                      str(record.created_at), str(record.revoked_at or ""))
+    console.print(table)
+
+
+@apikey_app.command("revoke")
+@domain_errors
+def apikey_revoke(prefix: str, database_url: DatabaseUrl = None) -> None:
+    """Revoke the API key(s) with this display prefix."""
+    context = _open(database_url)
+    try:
+        count = apikeys.revoke_api_key(context, prefix)
+    finally:
+        context.dispose()
+    console.print(f"revoked {count} key(s)")
+
+
+@app.command("serve")
+@domain_errors
+def serve(
+    database_url: DatabaseUrl = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the HTTP API with uvicorn (OpenAPI at /docs)."""
+    import uvicorn
+
+    url = _url(database_url)
+    _open(url).dispose()  # refuse a schema that is behind, before any worker starts
+    os.environ[ENV_DATABASE_URL] = url  # each worker's app factory opens it
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)

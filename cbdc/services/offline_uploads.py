@@ -343,8 +343,11 @@ def _sync(
     """The uploader's sync receipt: its payments are on the ledger up to the highest counter it
     uploaded itself, as far as the ledger holds them without a gap; the payments it received
     (and uploaded here) that are paid."""
+    # A payment naming the uploader as both payer and payee can only come from a clone of it
+    # (an honest device never pays itself): it says nothing of what the uploader itself spent.
     own = [r.message["counter"] for r in results if isinstance(r, Authenticated)
-           and r.message["payer_device"] == uploader.device_id]
+           and r.message["payer_device"] == uploader.device_id
+           and r.message["payee_device"] != uploader.device_id]
     synced = uploader.synced_counter
     book = run.books.get(uploader.device_id)
     if own and book is not None:

@@ -1,5 +1,6 @@
 """All tables, registered on one MetaData. Alembic's autogenerate compares migrations to this."""
 
+from cbdc.storage.tables.api import API_KEY_ROLES, IDEMPOTENCY_STATES, api_keys, idempotency_keys
 from cbdc.storage.tables.base import metadata
 from cbdc.storage.tables.ledger import (
     ACCOUNT_KINDS,
@@ -38,14 +39,18 @@ from cbdc.storage.tables.wallets import (
 
 __all__ = [
     "ACCOUNT_KINDS",
+    "API_KEY_ROLES",
     "DEVICE_STATUSES",
     "FRAUD_CODES",
     "HOLDER_KINDS",
+    "IDEMPOTENCY_STATES",
     "KEY_STATUSES",
     "PAYMENT_KINDS",
     "PAYMENT_STATUSES",
     "WALLET_STATUSES",
     "accounts",
+    "api_keys",
+    "idempotency_keys",
     "institutions",
     "journal_entries",
     "ledger_head",
