@@ -1,7 +1,8 @@
 """Authenticating many uploaded offline payments at once, in a form that crosses processes.
 
-The ledger checks signatures of large uploads in worker processes (PyNaCl releases the GIL only
-around the curve arithmetic, so threads gain little). :func:`authenticate_many` is a plain
+For envelopes whose certificates the ledger must verify, the ledger checks large uploads in
+worker processes (PyNaCl releases the GIL only around the curve arithmetic, so threads gain
+little on the whole path). :func:`authenticate_many` is a plain
 top-level function taking and returning picklable values: for each envelope either an
 :class:`Authenticated` (the payment's hash, message and signature, and which certificate it
 travelled with) or a :class:`Refusal` (the error code and what could be read of the claim).
@@ -49,6 +50,8 @@ class Authenticated:
     signature: bytes
     certificate_serial: str
     certificate_signature: bytes
+    #: The message's canonical JSON (``cbdc.domain.postings.canonical_json``), when known.
+    message_json: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +66,9 @@ class Refusal:
     payer_device: str | None
     counter: int | None
     amount_fen: int
+
+
+_SAFE = 2**53 - 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +89,19 @@ class Prepared:
     signature: bytes
     signed: bytes
     certificate: DeviceCertificate
+
+    @property
+    def message_json(self) -> str | None:
+        """The signed JSON text, which is the ledger's canonical JSON of the message too when
+        it is ASCII and the message flat with only strings and safe integers (both encoders
+        then write exactly the same bytes)."""
+        text = self.signed[len(OFFLINE_PAYMENT) + 1:]
+        if not text.isascii() or not all(
+            type(value) is str or (type(value) is int and -_SAFE <= value <= _SAFE)
+            for value in self.message.values()
+        ):
+            return None
+        return text.decode("ascii")
 
     def triple(self) -> tuple[bytes, bytes, bytes]:
         return (self.certificate.public_key, self.signed, self.signature)
@@ -171,6 +190,7 @@ def conclude(
         signature=prepared.signature,
         certificate_serial=prepared.certificate.serial,
         certificate_signature=prepared.certificate.signature,
+        message_json=prepared.message_json,
     )
 
 

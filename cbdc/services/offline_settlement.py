@@ -521,22 +521,27 @@ class SettlementRun:
             )
 
     def _write_devices(self) -> None:
+        totals = [
+            {"i": book.row.id, "s": book.settled_fen, "o": book.operator_paid_fen}
+            for book in self.books.values()
+            if (book.settled_fen, book.operator_paid_fen)
+            != (book.row.settled_fen, book.row.operator_paid_fen)
+        ]
+        if totals:
+            self.connection.execute(
+                update(offline_devices).where(offline_devices.c.id == bindparam("i"))
+                .values(settled_fen=bindparam("s"), operator_paid_fen=bindparam("o")),
+                totals,
+            )
         for book in self.books.values():
-            values: dict[str, Any] = {}
-            if book.settled_fen != book.row.settled_fen:
-                values["settled_fen"] = book.settled_fen
-            if book.operator_paid_fen != book.row.operator_paid_fen:
-                values["operator_paid_fen"] = book.operator_paid_fen
             if book.revoke_reason is not None:
-                values.update(status="revoked", revoked_at=self.now)
                 self.connection.execute(insert(offline_revocations).values(
                     device_id=book.row.id, serial=book.row.certificate_serial,
                     reason=book.revoke_reason, revoked_at=self.now,
                 ))
-            if values:
                 self.connection.execute(
                     update(offline_devices).where(offline_devices.c.id == book.row.id)
-                    .values(**values)
+                    .values(status="revoked", revoked_at=self.now)
                 )
 
     def _write_cases(self) -> None:

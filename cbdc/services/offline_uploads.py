@@ -4,10 +4,14 @@ Either side uploads: a payer its own payments, a payee what it received, both in
 as often as they like. For each batch, in order:
 
 1. every envelope is authenticated (shape, certificate chain to the root, payer's signature,
-   this ledger), on two worker processes for large batches
-   (:func:`cbdc.offline.batch.authenticate_many`); forged or altered ones are refused, each
-   named in an ``offline_forged`` fraud case against the device it claims (a forgery proves
-   nothing against that device's key, so it is not revoked for it);
+   this ledger). An envelope carrying exactly the certificates the ledger issued to the device
+   it names needs no chain verification (the ledger signed that chain): it is checked here and
+   its signature verified on two threads, chunk by chunk while the next chunk is prepared
+   (PyNaCl releases the GIL while it verifies). Any other envelope goes through
+   :func:`cbdc.offline.batch.authenticate_many` in full, on two worker processes for large
+   batches. Forged or altered ones are refused, each named in an ``offline_forged`` fraud case
+   against the device it claims (a forgery proves nothing against that device's key, so it is
+   not revoked for it);
 2. one unit of work: the devices involved (payers, the uploader) are locked in ascending id
    order; each new payment is stored once, by payment hash (a duplicate changes nothing);
 3. a :class:`~cbdc.services.offline_settlement.SettlementRun` over every payer device in the
@@ -59,7 +63,8 @@ from cbdc.storage.offline import (
 )
 from cbdc.storage.tables import offline_devices, offline_payments
 
-#: Batches at least this long are authenticated on :data:`VERIFY_WORKERS` processes.
+#: Batches (and chunks) at least this long are verified on :data:`VERIFY_WORKERS` threads
+#: (envelopes with the ledger's certificates) or processes (the others).
 PARALLEL_VERIFY_MIN = 256
 VERIFY_WORKERS = 2
 #: Envelopes per task sent to a worker: small enough to keep both workers busy to the end.
@@ -322,7 +327,7 @@ def _payment_row(
         "payee_wallet": message["payee_wallet"],
         "amount_fen": message["amount_fen"],
         "signed_at": parse_time(message["created_at"]),
-        "message_json": canonical_json(message).decode("ascii"),
+        "message_json": result.message_json or canonical_json(message).decode("ascii"),
         "signature": result.signature.hex(),
         "uploaded_by_device_id": uploader.id,
         "uploaded_at": now,
