@@ -22,6 +22,7 @@ from cbdc.clock import ManualClock
 from cbdc.services.context import LedgerContext, open_ledger
 from cbdc.storage import migrate
 from tests import pgserver
+from tests.dbs import DatabaseMaker
 
 settings.register_profile(
     "ci",
@@ -103,6 +104,26 @@ def fresh_database(
 @pytest.fixture(params=ENGINES)
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     yield from fresh_database(request.param, request, tmp_path)
+
+
+@pytest.fixture(params=ENGINES)
+def database_maker(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[DatabaseMaker]:
+    """Makes as many databases of one engine as a test needs (state machines: one per example);
+    whatever it made is dropped after the test."""
+    engine: str = request.param
+    if engine == "sqlite":
+        maker = DatabaseMaker(
+            engine, tmp_path, sqlite_template=request.getfixturevalue("sqlite_template")
+        )
+    else:
+        maker = DatabaseMaker(
+            engine,
+            tmp_path,
+            server=request.getfixturevalue("postgres_server"),
+            postgres_template=request.getfixturevalue("postgres_template"),
+        )
+    yield maker
+    maker.drop_all()
 
 
 @pytest.fixture
