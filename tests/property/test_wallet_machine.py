@@ -95,7 +95,7 @@ LIMITS = {
     1: Limits(12_000, 5_000, 10_000, 12_000),
     2: Limits(12_000, 5_000, 10_000, None),
     3: Limits(2_000, 500, 1_000, None),
-    4: Limits(1_000, 200, 500, 700),
+    4: Limits(1_000, 200, 500, 600),
 }
 WALLET_CLASSES = WalletClasses()
 for _number, _limits in LIMITS.items():
@@ -107,6 +107,7 @@ OPERATORS = tuple(OPERATOR_FLOATS)
 WALLETS_MAX = 8
 GHOST_WALLET = "w-ghost"
 MERCHANT_CATEGORY_CODE = "5812"
+NEW_YEARS_EVE = datetime(2026, 12, 31, 20, 0, tzinfo=SHANGHAI)
 
 
 def shanghai_day(moment: datetime) -> date:
@@ -123,6 +124,8 @@ def phone_of(number: int) -> str:
 @dataclass(frozen=True)
 class Refusal:
     code: str
+    #: Why, when one code has several causes (for the run's statistics only).
+    cause: str = field(default="", compare=False)
 
 
 @dataclass(frozen=True)
@@ -256,7 +259,7 @@ class Model:
         if shortfall and not (spending and payer.reverse_waterfall):
             return Refusal("insufficient_funds")
         if shortfall > self.floats[payer.operator]:
-            return Refusal("insufficient_funds")
+            return Refusal("insufficient_funds", "the bank cannot fund the reverse waterfall")
         return Plan(topped_up_fen=shortfall, swept_fen=swept)
 
     def repeat(self, settled_id: str, kind: str, message: Message) -> Replay | Refusal | None:
@@ -383,7 +386,7 @@ class Model:
         if cap is not None and wallet.balance_fen + amount_fen > cap:
             return Refusal("balance_limit_exceeded")
         if amount_fen > self.floats[wallet.operator]:
-            return Refusal("insufficient_funds")
+            return Refusal("insufficient_funds", "the float cannot fund the top-up")
         return Plan()
 
     def predict_class_change(self, wallet_id: str, target: int, evidence_class: int | None,
@@ -491,6 +494,13 @@ OPTIONAL_CHANGES = {
     "payment": ["+request_id=q-added", "-memo"],
     "code": ["+merchant=w-0"],
 }
+
+
+#: What goes into a batch: fresh payments, payments of requests (two payers racing for one, now
+#: and then), envelopes sent before, a used sequence under a new id, an envelope twice, a forgery.
+BATCH_ITEMS = ("fresh",) * 4 + ("request",) * 2 + (
+    "again", "same_sequence", "repeat_in_batch", "forged"
+)
 
 
 # --- the machine ---------------------------------------------------------------------------------
@@ -682,25 +692,34 @@ class WalletMachine(RuleBasedStateMachine):
         classes=st.lists(st.integers(min_value=1, max_value=4), min_size=3, max_size=3),
         operators=st.lists(st.sampled_from(OPERATORS), min_size=3, max_size=3),
         shares=st.lists(st.integers(min_value=1, max_value=100), min_size=3, max_size=3),
+        new_years_eve=st.booleans(),
     )
-    def three_wallets(self, classes: list[int], operators: list[str], shares: list[int]) -> None:
-        """A merchant and two customers, each with a key and some money."""
+    def three_wallets(self, classes: list[int], operators: list[str], shares: list[int],
+                      new_years_eve: bool) -> None:
+        """A merchant and two customers, each with a key and some money; the merchant and the
+    first customer have the reverse waterfall on if their class links a bank account. Half the
+    runs start on the evening of 31 December in Shanghai, a few hours before every annual cap
+    starts again."""
+        if new_years_eve:
+            self.clock.set(NEW_YEARS_EVE)
         for index, (wallet_class, operator, share) in enumerate(
             zip(classes, operators, shares, strict=True)
         ):
             self.open_wallet(wallet_class, operator, merchant=index == 0,
-                             reverse_waterfall=wallet_class <= 2 and index == 1)
+                             reverse_waterfall=wallet_class <= 2 and index < 2)
             self.enrol_key(index, new=True, key_pick=0)
             self.fund(index, "top_up", "share", share, again=False)
 
     @rule(wallet_class=st.integers(min_value=1, max_value=4), operator=st.sampled_from(OPERATORS),
-          merchant=st.booleans(), reverse_waterfall=st.booleans(), again=rarely, pick=picks)
+          merchant=st.booleans(), reverse_waterfall=st.booleans(), again=rarely, pick=picks,
+          same_holder=st.booleans())
     def open_another_wallet(self, wallet_class: int, operator: str, merchant: bool,
-                            reverse_waterfall: bool, again: bool, pick: int) -> None:
+                            reverse_waterfall: bool, again: bool, pick: int,
+                            same_holder: bool) -> None:
         """A new wallet, its holder's first key enrolled at once; or an id opened before."""
         count = len(self.model.wallets)
         if again or count >= WALLETS_MAX:
-            self.open_again(pick, same_holder=merchant)
+            self.open_again(pick, same_holder)
             return
         self.open_wallet(wallet_class, operator, merchant, reverse_waterfall)
         if len(self.model.wallets) > count:
@@ -860,11 +879,12 @@ class WalletMachine(RuleBasedStateMachine):
         (kind, wallet_id, amount), _ = self.model.funding[entry_id]
         self.move_funds(entry_id, kind, wallet_id, amount if same else amount + 1)
 
-    @rule(how=st.sampled_from(["seconds", "minutes", "minutes", "hours", "midnight", "midnight",
+    @rule(how=st.sampled_from(["midnight", "minutes", "seconds", "minutes", "hours", "midnight",
                                "days", "new_year"]),
           amount=st.integers(min_value=0, max_value=1_000))
     def advance_clock(self, how: str, amount: int) -> None:
         """Time moves on, to just before, at, or just after Shanghai midnight now and then."""
+        event(f"clock: {how}")
         now = self.now()
         local = now.astimezone(SHANGHAI)
         if how in ("midnight", "new_year"):
@@ -917,12 +937,27 @@ class WalletMachine(RuleBasedStateMachine):
         one-by-one settlement would have answered, in order."""
         batch: list[tuple[Envelope, bool]] = []
         for _ in range(size):
-            kind = data.draw(st.sampled_from(
-                ["fresh"] * 5 + ["again", "same_sequence", "repeat_in_batch", "forged"]
-            ), label="kind")
+            kind = data.draw(st.sampled_from(BATCH_ITEMS), label="kind")
             sent = [envelopes[0] for k, envelopes in self.sent if k == "payment"]
             if kind == "again" and sent:
                 batch.append((sent[data.draw(picks) % len(sent)], False))
+            elif kind == "request":
+                # The request an earlier payment of this batch pays, if any: two payers race for
+                # one QR code, and the batch must answer the second as one-by-one would. Else a
+                # request the merchant shows now.
+                pick = data.draw(picks)
+                paying = [e["message"]["request_id"] for e, _ in batch
+                          if e["message"].get("request_id") in self.model.requests]
+                if not paying:
+                    merchant = self.wallet(pick, merchant_first=True)
+                    paying = [self.fresh("q")]
+                    self.submit_request(self.request_envelope(
+                        paying[0], merchant, self.signing_key(merchant, "own", 0),
+                        1 + pick, 30,
+                    ))
+                if paying[-1] in self.model.requests:
+                    batch.append((self.request_payment(pick, data.draw(picks), "own", 0, "none",
+                                                       paying[-1], able_payer=True), False))
             elif kind == "repeat_in_batch" and batch:
                 batch.append(batch[data.draw(picks) % len(batch)])
             elif kind == "same_sequence" and (sent or any(not f for _, f in batch)):
@@ -946,7 +981,8 @@ class WalletMachine(RuleBasedStateMachine):
             message = envelope["message"]
             expected = (Refusal("signature_invalid") if forged
                         else self.model.predict_payment(message, self.now()))
-            event(f"batch outcome: {outcome_label(expected)}")
+            event(f"batch {'request ' * ('request_id' in message)}outcome: "
+                  f"{outcome_label(expected)}")
             if isinstance(expected, Refusal):
                 assert isinstance(result, CbdcError), f"settled; the model: {expected}"
                 assert result.code == expected.code, f"{result}; the model: {expected.code}"
@@ -1067,7 +1103,7 @@ class WalletMachine(RuleBasedStateMachine):
 
     @rule(pick=picks, payer=picks, key=key_choices, key_pick=picks,
           mismatch=st.sampled_from(["none"] * 6 + ["amount", "payee", "unknown"]),
-          new_request=st.booleans(), amount=st.integers(1, 600))
+          new_request=st.booleans(), amount=st.integers(1, 300))
     def pay_request(self, pick: int, payer: int, key: str, key_pick: int, mismatch: str,
                     new_request: bool, amount: int) -> None:
         """Pay a request by QR (one recorded earlier, or one the merchant shows now): once, the
@@ -1078,19 +1114,34 @@ class WalletMachine(RuleBasedStateMachine):
                 self.fresh("q"), merchant, self.signing_key(merchant, "own", 0), amount,
                 1 + pick % 30,
             ))
-        if not self.model.requests:
-            return
-        request = self.model.requests[sorted(self.model.requests)[pick % len(self.model.requests)]]
+        if self.model.requests:
+            self.submit_payment(self.request_payment(pick, payer, key, key_pick, mismatch))
+
+    def request_payment(self, pick: int, payer: int, key: str, key_pick: int, mismatch: str,
+                        request_id: str | None = None, able_payer: bool = False) -> Envelope:
+        """A customer's payment for a recorded request (by default, mostly one still open),
+        with ``able_payer`` by a customer with the money, if there is one."""
+        requests = sorted(self.model.requests)
+        requests = [r for r in requests if self.model.requests[r].status == "open"] or requests
+        request = self.model.requests[request_id or requests[pick % len(requests)]]
         payee = request.message["merchant"]
         customers = [w for w in sorted(self.model.wallets) if w != payee]
+        if able_payer:
+            customers = [
+                w for w in customers
+                if self.model.wallets[w].status == "active"
+                and self.model.wallets[w].balance_fen >= request.message["amount_fen"]
+            ] or customers
         payer_id = customers[payer % len(customers)]
         if mismatch == "payee":
             payee = self.wallet(payer + 1)
-        request_id = "q-unknown" if mismatch == "unknown" else request.message["request_id"]
-        self.submit_payment(self.sign_payment(
+        if mismatch == "unknown":
+            request_id = "q-unknown"
+        return self.sign_payment(
             self.signing_key(payer_id, key, key_pick), payer_id, payee,
-            request.message["amount_fen"] + (mismatch == "amount"), request_id=request_id,
-        ))
+            request.message["amount_fen"] + (mismatch == "amount"),
+            request_id=request_id or request.message["request_id"],
+        )
 
     def new_code(self, payer: int, key: str, key_pick: int, max_amount: int, seconds: int,
                  merchant: str | None) -> Envelope:
@@ -1107,9 +1158,9 @@ class WalletMachine(RuleBasedStateMachine):
         return code
 
     @rule(pick=picks, merchant=picks, key=key_choices, key_pick=picks, share=shares,
-          code_kind=st.sampled_from(["new", "new", "earlier", "show_only"]),
+          code_kind=st.sampled_from(["new", "new", "earlier", "earlier", "show_only"]),
           max_amount=st.integers(1, 600),
-          seconds=st.integers(min_value=30, max_value=7_200))
+          seconds=st.integers(min_value=30, max_value=1_800))
     def capture_code(self, pick: int, merchant: int, key: str, key_pick: int, share: int,
                      code_kind: str, max_amount: int, seconds: int) -> None:
         """A merchant captures a scanned code (one shown now, or earlier): up to 130 % of its
@@ -1154,11 +1205,13 @@ class WalletMachine(RuleBasedStateMachine):
 
     @precondition(lambda self: self.model.settled)
     @rule(pick=picks, share=shares, key=key_choices, key_pick=picks,
-          original=st.sampled_from(["paid"] * 6 + ["a_refund", "unknown", "wrong_merchant"]))
-    def refund(self, pick: int, share: int, key: str, key_pick: int, original: str) -> None:
-        """A merchant refunds part or all of what is left of a payment or capture (up to 130 %
-        of it: the rest is refused), sometimes naming a refund, an unknown payment or itself
-        wrongly as the merchant."""
+          original=st.sampled_from(["paid"] * 6 + ["a_refund", "unknown", "wrong_merchant"]),
+          aim=st.sampled_from(["share", "share", "all", "one_over"]), banked_first=rarely)
+    def refund(self, pick: int, share: int, key: str, key_pick: int, original: str,
+               aim: str, banked_first: bool) -> None:
+        """A merchant refunds part or all of what is left of a payment or capture, or one fen
+        more; sometimes naming a refund, an unknown payment or the customer as the merchant;
+        sometimes after banking all its takings (a refund never draws on the bank account)."""
         settled = sorted(self.model.settled)
         refunds = [p for p in settled if self.model.settled[p].kind == "refund"]
         paid = [p for p in settled if self.model.settled[p].kind != "refund"]
@@ -1168,8 +1221,11 @@ class WalletMachine(RuleBasedStateMachine):
         merchant = first.settlement.payee
         if original == "wrong_merchant":
             merchant = first.settlement.payer
+        if banked_first and self.model.wallets[merchant].balance_fen:
+            self.move_funds(self.fresh("f"), "withdrawal", merchant,
+                            self.model.wallets[merchant].balance_fen)
         left = first.settlement.amount_fen - first.refunded_fen
-        amount = max(1, left * share // 100) if left else 1 + share % 5
+        amount = max(1, {"share": left * share // 100, "all": left, "one_over": left + 1}[aim])
         signer = self.signing_key(merchant, key, key_pick)
         self.submit_refund(build_refund(
             signer.key, ledger_id=self.ledger.ledger_id, refund_id=self.fresh("r"),
@@ -1274,7 +1330,7 @@ class WalletMachine(RuleBasedStateMachine):
 def outcome_label(outcome: Outcome) -> str:
     """For ``--hypothesis-show-statistics``: which refusals, repeats and plans the runs met."""
     if isinstance(outcome, Refusal):
-        return outcome.code
+        return f"{outcome.code} ({outcome.cause})" if outcome.cause else outcome.code
     if isinstance(outcome, Replay):
         return "repeat"
     return f"done{' topped up' if outcome.topped_up_fen else ''}" + (
