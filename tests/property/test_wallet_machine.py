@@ -10,7 +10,9 @@ balance cap (swept or refused), short of funds (topped up or refused), by revoke
 unknown keys, replayed as they were, replayed under a fresh id with a used sequence, forged with
 another key or altered after signing; payment requests paid once or too late; payment codes
 captured once within their expiry and maximum; refunds, partial and total, never above the
-original; and small batches through ``settle_payments``.
+original, refused when the merchant lacks the money; and small batches through
+``settle_payments`` (fresh payments, repeats, used sequences, forgeries, two payers racing for one
+payment request), each answer compared with what one-by-one settlement would have answered.
 
 The model predicts every outcome (the exact error code, in the services' documented order of
 checks; or the exact plan: what is topped up and swept, and the journal sequence of the entry). It
@@ -26,7 +28,8 @@ the sum of what was spent per Shanghai calendar day, not a running counter. Afte
 
 and every refused operation, replay and forgery leaves every table a refusal must not touch
 (balances, chain head, wallets, identities, keys, payments, requests, codes) byte-identical.
-Each Hypothesis example runs on a fresh database.
+Each Hypothesis example runs on a fresh database. The caps are configured small (``LIMITS``) so
+that a few steps reach them; every outcome a run met is reported as a Hypothesis ``event``.
 """
 
 from __future__ import annotations
