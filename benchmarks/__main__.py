@@ -5,7 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-MODULES = ["benchmarks.ledger_posting"]
+MODULES = [
+    "benchmarks.ledger_posting",
+    "benchmarks.payments",
+    "benchmarks.offline_settlement",
+    "benchmarks.simulation",
+    "benchmarks.http_api",
+]
 
 
 def main() -> int:

@@ -8,6 +8,7 @@ or a run with failed orders exits 1.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -16,17 +17,24 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from cbdc.domain.errors import CbdcError
 from cbdc.domain.money import format_yuan
+from cbdc.services import apikeys
 from cbdc.services.audit import AuditReport, run_audit
 from cbdc.services.context import LedgerContext, open_ledger
 from cbdc.services.issuance_run import RunReport, execute_plan, load_plan
 from cbdc.services.reconcile import SupplyReport, supply_report
 from cbdc.storage import migrate
-from cbdc.storage.engine import database_url_from_env, make_engine, normalise_url
+from cbdc.storage.engine import (
+    ENV_DATABASE_URL,
+    database_url_from_env,
+    make_engine,
+    normalise_url,
+)
 
 app = typer.Typer(
     help="cbdc: a two-tier central bank digital currency ledger.", no_args_is_help=True
@@ -58,7 +66,12 @@ def domain_errors(command: Callable[P, R]) -> Callable[P, R]:
         try:
             return command(*args, **kwargs)
         except CbdcError as error:
-            errors.print(f"[bold red]error[/] [{error.code}] {error.detail}", highlight=False)
+            # escape(): Rich reads "[plan_invalid]" (or "[[orders]]" in a detail) as markup
+            # and would silently drop the stable code the caller switches on.
+            errors.print(
+                f"[bold red]error[/] {escape(f'[{error.code}]')} {escape(error.detail)}",
+                highlight=False,
+            )
             raise typer.Exit(2) from error
 
     return wrapper
@@ -182,21 +195,22 @@ def _print_run(report: RunReport) -> None:
     table.add_column("operator", footer="total")
     table.add_column("issued (CNY)", justify="right", footer=_cny(report.issued_fen))
     for code, amount in sorted(report.issued_by_operator.items()):
-        table.add_row(code, _cny(amount))
+        table.add_row(escape(code), _cny(amount))
     console.print(table)
     zones = Table(title="by pilot zone")
     zones.add_column("zone")
     zones.add_column("issued (CNY)", justify="right")
     for zone, amount in sorted(report.issued_by_zone.items()):
-        zones.add_row(zone or "(none)", _cny(amount))
+        zones.add_row(escape(zone) or "(none)", _cny(amount))
     console.print(zones)
     console.print(
         f"orders: {report.orders_planned} planned, {report.orders_issued_now} issued now, "
         f"{report.orders_already_done} already done, {len(report.failures)} failed"
     )
     for order, error in report.failures:
-        errors.print(f"[red]order {order.number} ({order.operator}, "
-                     f"{_cny(order.amount_fen)} CNY): [{error.code}] {error.detail}")
+        errors.print(f"[red]order {order.number} ({escape(order.operator)}, "
+                     f"{_cny(order.amount_fen)} CNY): {escape(f'[{error.code}]')} "
+                     f"{escape(error.detail)}", highlight=False)
 
 
 def print_supply(report: SupplyReport) -> None:
@@ -234,5 +248,76 @@ def _print_audit(report: AuditReport) -> None:
         table.add_column(column)
     for finding in report.findings:
         amount = "" if finding.amount_fen is None else str(finding.amount_fen)
-        table.add_row(finding.code, finding.subject, amount, finding.detail)
+        table.add_row(finding.code, escape(finding.subject), amount, escape(finding.detail))
     console.print(table)
+
+
+# `cbdc simulate` lives in its own module (it is the biggest command); registered here.
+from cbdc.simulation.command import simulate_command  # noqa: E402
+
+app.command("simulate")(simulate_command)
+
+# The HTTP API's commands (issue 5), kept together so they merge cleanly.
+apikey_app = typer.Typer(help="API keys of institutions for the HTTP API.", no_args_is_help=True)
+app.add_typer(apikey_app, name="apikey")
+
+
+@apikey_app.command("create")
+@domain_errors
+def apikey_create(code: str, database_url: DatabaseUrl = None) -> None:
+    """Create an API key for CODE ('central-bank' or an operator's code); it is printed once."""
+    context = _open(database_url)
+    try:
+        record, key = apikeys.create_api_key(context, code)
+    finally:
+        context.dispose()
+    errors.print(f"API key {record.prefix}... for {record.institution_code} ({record.role}); "
+                 "store it now, it is not shown again:", highlight=False)
+    print(key)
+
+
+@apikey_app.command("list")
+@domain_errors
+def apikey_list(database_url: DatabaseUrl = None) -> None:
+    """List API keys (display prefixes only)."""
+    context = _open(database_url)
+    try:
+        records = apikeys.list_api_keys(context)
+    finally:
+        context.dispose()
+    table = Table(title="API keys")
+    for column in ("prefix", "institution", "role", "created", "revoked"):
+        table.add_column(column)
+    for record in records:
+        table.add_row(record.prefix, record.institution_code, record.role,
+                      str(record.created_at), str(record.revoked_at or ""))
+    console.print(table)
+
+
+@apikey_app.command("revoke")
+@domain_errors
+def apikey_revoke(prefix: str, database_url: DatabaseUrl = None) -> None:
+    """Revoke the API key(s) with this display prefix."""
+    context = _open(database_url)
+    try:
+        count = apikeys.revoke_api_key(context, prefix)
+    finally:
+        context.dispose()
+    console.print(f"revoked {count} key(s)")
+
+
+@app.command("serve")
+@domain_errors
+def serve(
+    database_url: DatabaseUrl = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    workers: Annotated[int, typer.Option(min=1, help="Worker processes.")] = 1,
+) -> None:
+    """Serve the HTTP API with uvicorn (OpenAPI at /docs)."""
+    import uvicorn
+
+    url = _url(database_url)
+    _open(url).dispose()  # refuse a schema that is behind, before any worker starts
+    os.environ[ENV_DATABASE_URL] = url  # each worker's app factory opens it
+    uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)

@@ -15,7 +15,9 @@ FEN_PER_YUAN = 100
 #: number in every mainstream implementation (IEEE 754 double), so clients cannot lose fen.
 AMOUNT_FEN_MAX = 2**53 - 1
 
-_DECIMAL = re.compile(r"^(?P<yuan>\d+)(?:\.(?P<fen>\d{1,2}))?$")
+#: ASCII digits only (``\d`` alone would take "１２" or "١٢"), matched in full (``$`` alone would
+#: let a trailing newline through).
+_DECIMAL = re.compile(r"(?P<yuan>[0-9]+)(?:\.(?P<fen>[0-9]{1,2}))?")
 
 
 def check_amount(amount_fen: object) -> int:
@@ -42,7 +44,7 @@ def parse_yuan(text: str) -> int:
     """
     if not isinstance(text, str):
         raise InvalidAmount(f"expected a decimal string, got {type(text).__name__}")
-    match = _DECIMAL.match(text)
+    match = _DECIMAL.fullmatch(text)
     if match is None:
         raise InvalidAmount(f"not a yuan amount with at most two decimals: {text!r}")
     fen_text = (match.group("fen") or "").ljust(2, "0")

@@ -77,6 +77,7 @@ def _string(text: str) -> str:
 
 def canonical_json(value: Any) -> bytes:
     """Deterministic JSON bytes; refuses floats so money can never be hashed as one."""
+    _refuse_floats(value)
     return json.dumps(
         value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False,
         default=_refuse,
@@ -85,6 +86,18 @@ def canonical_json(value: Any) -> bytes:
 
 def _refuse(value: object) -> object:
     raise TypeError(f"not canonical JSON: {type(value).__name__}")
+
+
+def _refuse_floats(value: object) -> None:
+    """``json.dumps`` writes floats natively (``default`` never sees them), so look for them."""
+    if isinstance(value, float):
+        raise TypeError(f"not canonical JSON: float {value!r}")
+    if isinstance(value, dict):
+        for item in value.values():
+            _refuse_floats(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            _refuse_floats(item)
 
 
 def sha256_hex(data: bytes) -> str:

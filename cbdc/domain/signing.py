@@ -35,10 +35,10 @@ _SAFE_INTEGER = 2**53 - 1
 
 def canonical(message: Mapping[str, Any]) -> bytes:
     """RFC 8785 canonical JSON. Floats are refused: every number in a signed message is an int."""
-    _refuse_floats(message)
-    fast = _fast_canonical(message)
+    fast = _fast_canonical(message)  # a plain message holds no floats
     if fast is not None:
         return fast
+    _refuse_floats(message)
     try:
         return bytes(rfc8785.dumps(dict(message)))
     except (rfc8785.CanonicalizationError, TypeError, ValueError) as exc:
@@ -64,13 +64,16 @@ def _fast_canonical(message: Mapping[str, Any]) -> bytes | None:
 
 
 def _plain(value: Any) -> bool:
-    if isinstance(value, str) or value is None or isinstance(value, bool):
+    kind = type(value)
+    if kind is str or value is None or kind is bool:
         return True
-    if isinstance(value, int):
-        return -_SAFE_INTEGER <= value <= _SAFE_INTEGER
-    if isinstance(value, dict):
-        return all(isinstance(key, str) and key.isascii() and _plain(item)
-                   for key, item in value.items())
+    if kind is int:
+        return bool(-_SAFE_INTEGER <= value <= _SAFE_INTEGER)
+    if kind is dict:
+        for key, item in value.items():
+            if type(key) is not str or not key.isascii() or not _plain(item):
+                return False
+        return True
     return False
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 from types import MappingProxyType
 from typing import Any, Self
 
@@ -88,6 +89,13 @@ def offline_caps_for(
 # --- certificates -------------------------------------------------------------------------
 
 
+@lru_cache(maxsize=4096)
+def _validated_time(text: str) -> datetime:
+    """A certificate's validity bound (already validated when the certificate was built);
+    checked for every payment a ledger classifies, so parsed once per distinct string."""
+    return parse_time(text)
+
+
 @dataclass(frozen=True, slots=True)
 class Certificate:
     """A signed certificate message (operator or device); its fields are validated on creation."""
@@ -141,11 +149,11 @@ class Certificate:
 
     @property
     def not_before(self) -> datetime:
-        return parse_time(self.message["not_before"])
+        return _validated_time(self.message["not_before"])
 
     @property
     def not_after(self) -> datetime:
-        return parse_time(self.message["not_after"])
+        return _validated_time(self.message["not_after"])
 
     def check_signed_by(self, issuer_key: bytes) -> None:
         """Raise CertificateRefused (certificate_invalid) unless ``issuer_key`` signed this."""

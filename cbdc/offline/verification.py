@@ -149,6 +149,19 @@ def authenticate_offline_payment(
         verify_chain(certificate, operator_certificate, root_public_key)
         if verified_chains is not None:
             verified_chains.add(chain)
+    check_names_certified(message, certificate)
+    signing.verify(certificate.public_key, OFFLINE_PAYMENT, message, signature)
+    return VerifiedPayment(
+        payment_hash=messages.message_hash(OFFLINE_PAYMENT, message),
+        message=message,
+        signature=signature,
+        certificate=certificate,
+        operator_certificate=operator_certificate,
+    )
+
+
+def check_names_certified(message: Mapping[str, Any], certificate: DeviceCertificate) -> None:
+    """Step 3: the payment names the certified device, wallet and ledger."""
     if (
         message["payer_device"] != certificate.device_id
         or message["payer_wallet"] != certificate.wallet
@@ -160,14 +173,6 @@ def authenticate_offline_payment(
             code="certificate_mismatch",
             serial=certificate.serial,
         )
-    signing.verify(certificate.public_key, OFFLINE_PAYMENT, message, signature)
-    return VerifiedPayment(
-        payment_hash=messages.message_hash(OFFLINE_PAYMENT, message),
-        message=message,
-        signature=signature,
-        certificate=certificate,
-        operator_certificate=operator_certificate,
-    )
 
 
 def check_payment_acceptable(
@@ -302,14 +307,17 @@ def classify_device_payments(
     loads: Iterable[Mapping[str, Any]] = (),
     unloads: Iterable[Mapping[str, Any]] = (),
     revocations: RevocationSnapshot,
+    verified: Iterable[VerifiedPayment] = (),
 ) -> Classification:
     """Classify every payment the ledger holds from ``device_id``.
 
     ``envelopes``: offline payment envelopes claiming to come from the device (duplicates of the
-    same payment are fine). ``loads``: the load receipt messages the ledger issued to the device,
-    each once; ``unloads``: the device's unload statement messages the ledger accepted (already
-    signature-checked). Certificate validity is judged at each payment's ``created_at``;
-    revocation against ``revocations`` (the ledger's current list).
+    same payment are fine). ``verified``: payments the caller has already authenticated (the
+    ledger keeps only authenticated payments, so it does not check their signatures twice);
+    they join the authentic ones as they are. ``loads``: the load receipt messages the ledger
+    issued to the device, each once; ``unloads``: the device's unload statement messages the
+    ledger accepted (already signature-checked). Certificate validity is judged at each
+    payment's ``created_at``; revocation against ``revocations`` (the ledger's current list).
 
     Rules, in the order they are applied (docs/offline-protocol.md, "Fraud classes"):
     forged; expired / revoked / over cap (still authentic, so they count below); double spend
@@ -320,7 +328,7 @@ def classify_device_payments(
     load_list = [_validated_for(device_id, LOAD_RECEIPT, load, "device") for load in loads]
     unload_list = [_validated_for(device_id, UNLOAD, unload, "device") for unload in unloads]
     findings: list[Finding] = []
-    authentic = _authentic_payments(device_id, envelopes, root_public_key, findings)
+    authentic = _authentic_payments(device_id, envelopes, root_public_key, findings, verified)
     flagged: dict[str, list[FindingCode]] = {p.payment_hash: [] for p in authentic}
     _classify_acceptability(device_id, authentic, revocations, findings, flagged)
     _classify_double_spends(device_id, authentic, findings, flagged)
@@ -356,6 +364,7 @@ def _authentic_payments(
     envelopes: Iterable[Any],
     root_public_key: bytes,
     findings: list[Finding],
+    verified: Iterable[VerifiedPayment] = (),
 ) -> list[VerifiedPayment]:
     by_hash: dict[str, VerifiedPayment] = {}
     forged_seen: set[str] = set()
@@ -368,14 +377,20 @@ def _authentic_payments(
         except CbdcError as exc:
             _record_forged(device_id, envelope, exc, findings, forged_seen)
             continue
-        if payment.payer_device != device_id:
-            raise InvalidRequest(
-                f"payment from {payment.payer_device} passed to the classification of "
-                f"{device_id}",
-                code="device_mismatch",
-            )
+        _check_payer(device_id, payment)
+        by_hash.setdefault(payment.payment_hash, payment)
+    for payment in verified:
+        _check_payer(device_id, payment)
         by_hash.setdefault(payment.payment_hash, payment)
     return sorted(by_hash.values(), key=lambda p: (p.counter, p.payment_hash))
+
+
+def _check_payer(device_id: str, payment: VerifiedPayment) -> None:
+    if payment.payer_device != device_id:
+        raise InvalidRequest(
+            f"payment from {payment.payer_device} passed to the classification of {device_id}",
+            code="device_mismatch",
+        )
 
 
 def _record_forged(
@@ -387,7 +402,7 @@ def _record_forged(
 ) -> None:
     message = envelope.get("message") if isinstance(envelope, Mapping) else None
     message = message if isinstance(message, Mapping) else {}
-    digest = _best_effort_hash(envelope, message)
+    digest = best_effort_hash(envelope, message)
     if digest in seen:
         return
     seen.add(digest)
@@ -408,7 +423,7 @@ def _record_forged(
     )
 
 
-def _best_effort_hash(envelope: Any, message: Mapping[str, Any]) -> str:
+def best_effort_hash(envelope: Any, message: Mapping[str, Any]) -> str:
     """The payment hash if the message can be hashed at all, else the hash of the envelope's
     canonical JSON (or of its repr), so every forged item still has a stable name."""
     try:

@@ -6,6 +6,10 @@ Settings (environment, read by :func:`open_ledger` when the caller passes nothin
 * ``CBDC_LEDGER_SIGNING_SEED``: 64 hex characters, the Ed25519 seed of the key with which the
   ledger signs settlement receipts. Without it a fixed, publicly known test seed is used
   (:data:`TEST_LEDGER_SIGNING_SEED`): fine for tests and demos, never for production.
+* ``CBDC_OFFLINE_ROOT_SEED``: 64 hex characters, the seed from which the offline PKI's keys are
+  derived (the central bank's root key and each operator's key, see
+  :mod:`cbdc.services.offline_keys`). Without it a fixed, publicly known test seed is used
+  (:data:`TEST_OFFLINE_ROOT_SEED`). Production holds these keys in HSMs instead.
 """
 
 from __future__ import annotations
@@ -32,16 +36,27 @@ ISSUANCE_ACCOUNT_CODE = "cb:issuance"
 ENV_LEDGER_SIGNING_SEED = "CBDC_LEDGER_SIGNING_SEED"
 #: Deterministic and public: receipts signed with it prove nothing outside tests and demos.
 TEST_LEDGER_SIGNING_SEED = hashlib.sha256(b"cbdc test ledger signing seed").digest()
+ENV_OFFLINE_ROOT_SEED = "CBDC_OFFLINE_ROOT_SEED"
+#: Deterministic and public: certificates chained to it prove nothing outside tests and demos.
+TEST_OFFLINE_ROOT_SEED = hashlib.sha256(b"cbdc test offline root seed").digest()
+
+
+def _seed_from_env(name: str, default: bytes) -> bytes:
+    text = os.environ.get(name)
+    if not text:
+        return default
+    seed = bytes.fromhex(text)
+    if len(seed) != 32:
+        raise ValueError(f"{name} must be 64 hex characters (32 bytes)")
+    return seed
 
 
 def ledger_signing_seed_from_env() -> bytes:
-    text = os.environ.get(ENV_LEDGER_SIGNING_SEED)
-    if not text:
-        return TEST_LEDGER_SIGNING_SEED
-    seed = bytes.fromhex(text)
-    if len(seed) != 32:
-        raise ValueError(f"{ENV_LEDGER_SIGNING_SEED} must be 64 hex characters (32 bytes)")
-    return seed
+    return _seed_from_env(ENV_LEDGER_SIGNING_SEED, TEST_LEDGER_SIGNING_SEED)
+
+
+def offline_root_seed_from_env() -> bytes:
+    return _seed_from_env(ENV_OFFLINE_ROOT_SEED, TEST_OFFLINE_ROOT_SEED)
 
 
 def reserve_account_code(operator_code: str) -> str:
@@ -63,14 +78,16 @@ class LedgerContext:
     """Handle on one ledger database. Cheap to pass around; holds no transaction of its own.
 
     ``wallet_classes`` are the limits in force (configuration; defaults from DOMAIN.md);
-    ``ledger_signing_seed`` makes the key that signs receipts; ``random_bytes`` is the only
-    source of randomness services use (salts), injected so simulations replay."""
+    ``ledger_signing_seed`` makes the key that signs receipts; ``offline_root_seed`` the offline
+    PKI's root and operator keys; ``random_bytes`` is the only source of randomness services
+    use (salts), injected so simulations replay."""
 
     engine: Engine
     clock: Clock = field(default_factory=SystemClock)
     ledger_id: str = "cbdc-local"
     wallet_classes: WalletClasses = field(default_factory=WalletClasses)
     ledger_signing_seed: bytes = TEST_LEDGER_SIGNING_SEED
+    offline_root_seed: bytes = TEST_OFFLINE_ROOT_SEED
     random_bytes: Callable[[int], bytes] = os.urandom
 
     def now(self) -> datetime:
@@ -112,6 +129,7 @@ def open_ledger(
     check_schema: bool = True,
     wallet_classes: WalletClasses | None = None,
     ledger_signing_seed: bytes | None = None,
+    offline_root_seed: bytes | None = None,
 ) -> LedgerContext:
     """Connect to a migrated database, refuse a schema that is behind, ensure the central bank."""
     engine = make_engine(database_url)
@@ -123,6 +141,7 @@ def open_ledger(
         ledger_id=ledger_id,
         wallet_classes=wallet_classes or WalletClasses(),
         ledger_signing_seed=ledger_signing_seed or ledger_signing_seed_from_env(),
+        offline_root_seed=offline_root_seed or offline_root_seed_from_env(),
     )
     ensure_central_bank(context)
     return context

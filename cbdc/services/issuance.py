@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Connection, insert, select, update
 
@@ -31,7 +31,7 @@ from cbdc.domain.errors import (
     NotFound,
     QuotaExceeded,
 )
-from cbdc.domain.money import check_amount, format_yuan
+from cbdc.domain.money import AMOUNT_FEN_MAX, check_amount, format_yuan
 from cbdc.domain.postings import transfer
 from cbdc.services.context import (
     CENTRAL_BANK_CODE,
@@ -165,8 +165,14 @@ def account_id(connection: Connection, code: str) -> int:
 def set_quota(context: LedgerContext, operator_code: str, quota_fen: int) -> Operator:
     """The central bank sets how much e-CNY an operator may have outstanding. Lowering it below
     what is outstanding is allowed: it only stops further issuance."""
-    if isinstance(quota_fen, bool) or not isinstance(quota_fen, int) or quota_fen < 0:
-        raise InvalidRequest("quota must be a non-negative integer of fen", code="amount_invalid")
+    if (
+        isinstance(quota_fen, bool)
+        or not isinstance(quota_fen, int)
+        or not 0 <= quota_fen <= AMOUNT_FEN_MAX
+    ):
+        raise InvalidRequest(
+            f"quota must be an integer of fen from 0 to {AMOUNT_FEN_MAX}", code="amount_invalid"
+        )
     with context.write() as connection:
         operator = get_operator(connection, operator_code, lock=True)
         connection.execute(
@@ -207,36 +213,7 @@ def issue(
     metadata: dict[str, Any] | None = None,
 ) -> PostedEntry:
     """Issue e-CNY into the operator's float against its reserve, within its quota."""
-    check_amount(amount_fen)
-    with context.write() as connection:
-        operator = get_operator(connection, operator_code, lock=True)
-        draft = transfer(
-            entry_id,
-            "issue",
-            debit_account_id=operator.reserve_account_id,
-            credit_account_id=operator.float_account_id,
-            amount_fen=amount_fen,
-            metadata={"operator": operator_code, **(metadata or {})},
-        )
-        first = recorded_entry(connection, draft)
-        if first is not None:
-            return first
-        if operator.outstanding_fen + amount_fen > operator.quota_fen:
-            raise QuotaExceeded(
-                f"operator {operator_code} has {format_yuan(operator.outstanding_fen)} CNY "
-                f"outstanding of a {format_yuan(operator.quota_fen)} CNY quota; "
-                f"{format_yuan(amount_fen)} CNY more would exceed it",
-                operator=operator_code,
-                outstanding_fen=operator.outstanding_fen,
-                quota_fen=operator.quota_fen,
-            )
-        posted = post_entry(connection, draft, now=context.now())
-        connection.execute(
-            update(institutions)
-            .where(institutions.c.id == operator.id)
-            .values(issued_fen=institutions.c.issued_fen + amount_fen)
-        )
-        return posted
+    return _convert(context, "issue", entry_id, operator_code, amount_fen, metadata)
 
 
 def redeem(
@@ -248,25 +225,49 @@ def redeem(
     metadata: dict[str, Any] | None = None,
 ) -> PostedEntry:
     """Burn e-CNY from the operator's float and release the same amount to its reserve."""
+    return _convert(context, "redeem", entry_id, operator_code, amount_fen, metadata)
+
+
+def _convert(
+    context: LedgerContext,
+    kind: Literal["issue", "redeem"],
+    entry_id: str,
+    operator_code: str,
+    amount_fen: int,
+    metadata: dict[str, Any] | None,
+) -> PostedEntry:
+    """Reserve -> float (issue) or float -> reserve (redeem), with the operator's counter moved
+    in the same transaction; a repeat of ``entry_id`` returns the first result unchecked."""
     check_amount(amount_fen)
     with context.write() as connection:
         operator = get_operator(connection, operator_code, lock=True)
+        reserve, float_ = operator.reserve_account_id, operator.float_account_id
         draft = transfer(
             entry_id,
-            "redeem",
-            debit_account_id=operator.float_account_id,
-            credit_account_id=operator.reserve_account_id,
+            kind,
+            debit_account_id=reserve if kind == "issue" else float_,
+            credit_account_id=float_ if kind == "issue" else reserve,
             amount_fen=amount_fen,
             metadata={"operator": operator_code, **(metadata or {})},
         )
         first = recorded_entry(connection, draft)
         if first is not None:
             return first
+        if kind == "issue" and operator.outstanding_fen + amount_fen > operator.quota_fen:
+            raise QuotaExceeded(
+                f"operator {operator_code} has {format_yuan(operator.outstanding_fen)} CNY "
+                f"outstanding of a {format_yuan(operator.quota_fen)} CNY quota; "
+                f"{format_yuan(amount_fen)} CNY more would exceed it",
+                operator=operator_code,
+                outstanding_fen=operator.outstanding_fen,
+                quota_fen=operator.quota_fen,
+            )
         posted = post_entry(connection, draft, now=context.now())
+        counter = institutions.c.issued_fen if kind == "issue" else institutions.c.redeemed_fen
         connection.execute(
             update(institutions)
             .where(institutions.c.id == operator.id)
-            .values(redeemed_fen=institutions.c.redeemed_fen + amount_fen)
+            .values({counter: counter + amount_fen})
         )
         return posted
 

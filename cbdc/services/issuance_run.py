@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cbdc.domain.errors import CbdcError, InvalidAmount, InvalidPlan
+from cbdc.domain.errors import CbdcError, InvalidAmount, InvalidPlan, InvalidRequest
 from cbdc.domain.money import check_amount, parse_yuan
 from cbdc.services import issuance
 from cbdc.services.context import LedgerContext
@@ -146,7 +146,10 @@ def _parse_operator(item: Mapping[str, Any], number: int) -> PlannedOperator:
     code, name = item.get("code"), item.get("name")
     if not isinstance(code, str) or not isinstance(name, str):
         raise InvalidPlan(f"{where}: code and name are required strings")
-    issuance.check_operator_code(code)
+    try:
+        issuance.check_operator_code(code)
+    except InvalidRequest as exc:
+        raise InvalidPlan(f"{where}: {exc.detail}") from exc
     return PlannedOperator(
         code=code,
         name=name,

@@ -38,7 +38,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -52,15 +52,24 @@ from cbdc.domain.errors import (
     Forbidden,
     InsufficientFunds,
     InvalidRequest,
+    InvalidSignature,
     NotFound,
     StatusRefused,
 )
-from cbdc.domain.messages import PAYMENT, Envelope, Message, parse_time, verify_envelope
+from cbdc.domain.messages import (
+    PAYMENT,
+    Envelope,
+    Message,
+    PreparedEnvelope,
+    parse_time,
+    prepare_envelope,
+)
 from cbdc.domain.postings import EntryDraft, canonical_json, transfer
 from cbdc.domain.receipts import LedgerKey, sign_receipt
-from cbdc.domain.settlement import TransferPlan, plan_transfer
+from cbdc.domain.settlement import Party, TransferPlan, plan_transfer
+from cbdc.domain.tiers import Limits, Usage
 from cbdc.services.context import LedgerContext
-from cbdc.services.wallets import check_active, party, wallet_account_code
+from cbdc.services.wallets import check_active, effective_limits, wallet_account_code
 from cbdc.storage.journal import PostedEntry, post_entries
 from cbdc.storage.payments import (
     NewPayment,
@@ -111,63 +120,90 @@ def settle_payments(
     Each answer is what :func:`settle_payment` would have answered for that payment had the
     ones before it been settled one by one: the checks run in the same order against the batch's
     running state (balances, counters, sequences, requests paid). Refused payments change
-    nothing; the others are posted together, which is what makes batches fast."""
+    nothing; the others are posted together, which is what makes batches fast.
+
+    Signatures (step 2) are checked on a second thread while this one runs steps 4-12
+    optimistically; nothing is written until every verdict is in, and a payment whose signature
+    fails is answered ``signature_invalid`` (step 2 comes first) and the batch is re-checked
+    without it."""
     results: list[Settlement | CbdcError | None] = [None] * len(envelopes)
-    verified: list[tuple[int, Signed]] = []
-    for index, outcome in enumerate(verify_all(context, envelopes)):
-        if isinstance(outcome, CbdcError):
-            results[index] = outcome
-        else:
-            verified.append((index, outcome))
-    if verified:
+    candidates: list[tuple[int, Signed]] = []
+    prepared: list[tuple[int, PreparedEnvelope, CbdcError | None]] = []
+    for index, envelope in enumerate(envelopes):
+        try:
+            item = prepare_envelope(envelope, PAYMENT)
+        except CbdcError as error:
+            results[index] = error
+            continue
+        later = _step_three(context, item.message)
+        prepared.append((index, item, later))
+        if later is None:
+            candidates.append((index, signed(item.message, envelope)))
+    verdicts = _verify_signatures([(index, item) for index, item, _ in prepared])
+    if candidates:
         try:
             with context.write() as connection:
-                _settle_batch(context, connection, verified, results)
+                _settle_batch(context, connection, candidates, results, verdicts)
         except IntegrityError:
             # A concurrent settlement won the race for a unique key our locks did not cover
             # (same payment id or key sequence from other wallets). Settle one by one, each
             # answering as if it had come second where it did.
-            for index, payment in verified:
-                results[index] = _settle_alone(context, payment)
+            for index, payment in candidates:
+                if verdicts.result()[index]:
+                    results[index] = _settle_alone(context, payment)
+    invalid = {index for index, valid in verdicts.result().items() if not valid}
+    for index, _, later in prepared:
+        if index in invalid:
+            results[index] = InvalidSignature("signature does not verify")
+        elif later is not None:
+            results[index] = later
     assert all(result is not None for result in results)
     return results  # type: ignore[return-value]
 
 
-#: Batches at least this long verify their signatures on two threads (PyNaCl releases the GIL).
-PARALLEL_VERIFY_MIN = 64
-_VERIFIERS = ThreadPoolExecutor(max_workers=2, thread_name_prefix="cbdc-verify")
+def _step_three(context: LedgerContext, message: Message) -> CbdcError | None:
+    """Step 3, answered only once the signature is known to be good."""
+    try:
+        check_ledger(context, message)
+    except CbdcError as error:
+        return error
+    if message["payer"] == message["payee"]:
+        return InvalidRequest("a wallet cannot pay itself", code="payee_invalid", field="payee")
+    return None
 
 
-def verify_all(
-    context: LedgerContext, envelopes: Sequence[Mapping[str, Any]]
-) -> list[Signed | CbdcError]:
-    """Steps 1-3 of the order for each envelope, signatures checked in parallel."""
+#: Batches at least this long check their signatures on a second thread: PyNaCl releases the
+#: GIL while it verifies, so the check overlaps this thread's own work.
+PARALLEL_VERIFY_MIN = 16
+_VERIFIER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbdc-verify")
 
-    def one(envelope: Mapping[str, Any]) -> Signed | CbdcError:
-        try:
-            message = verify_envelope(envelope, PAYMENT)
-            check_ledger(context, message)
-            if message["payer"] == message["payee"]:
-                raise InvalidRequest(
-                    "a wallet cannot pay itself", code="payee_invalid", field="payee"
-                )
-            return signed(message, envelope)
-        except CbdcError as error:
-            return error
 
-    if len(envelopes) < PARALLEL_VERIFY_MIN:
-        return [one(envelope) for envelope in envelopes]
-    half = len(envelopes) // 2
-    first = _VERIFIERS.submit(lambda: [one(envelope) for envelope in envelopes[:half]])
-    second = [one(envelope) for envelope in envelopes[half:]]
-    return first.result() + second
+Verdicts = Future[dict[int, bool]]
+
+
+def _verify_signatures(items: list[tuple[int, PreparedEnvelope]]) -> Verdicts:
+    """Each envelope's signature verdict, by its index in the batch."""
+
+    def run() -> dict[int, bool]:
+        return {index: item.signature_valid() for index, item in items}
+
+    if len(items) >= PARALLEL_VERIFY_MIN:
+        return _VERIFIER.submit(run)
+    return _settled_verdicts(run())
+
+
+def _settled_verdicts(verdicts: dict[int, bool]) -> Verdicts:
+    done: Verdicts = Future()
+    done.set_result(verdicts)
+    return done
 
 
 def _settle_alone(context: LedgerContext, payment: Signed) -> Settlement | CbdcError:
     results: list[Settlement | CbdcError | None] = [None]
     try:
         with context.write() as connection:
-            _settle_batch(context, connection, [(0, payment)], results)
+            _settle_batch(context, connection, [(0, payment)], results,
+                          _settled_verdicts({0: True}))
     except IntegrityError:
         try:
             return answer_after_race(
@@ -190,6 +226,24 @@ class _Batch:
     floats: dict[int, int]
     in_batch: dict[str, tuple[str, int]] = field(default_factory=dict)
     requests_paid: dict[str, str] = field(default_factory=dict)
+    # What the batch has changed so far, by wallet id or public key (rows stay as loaded).
+    balances: dict[str, int] = field(default_factory=dict)
+    usages: dict[str, Usage] = field(default_factory=dict)
+    sequences: dict[str, int] = field(default_factory=dict)
+    limits: dict[str, Limits] = field(default_factory=dict)
+
+    def party(self, context: LedgerContext, row: WalletRow, now: datetime) -> Party:
+        limits = self.limits.get(row.wallet_id)
+        if limits is None:
+            limits = self.limits[row.wallet_id] = effective_limits(context, row)
+        return Party(
+            wallet_id=row.wallet_id,
+            balance_fen=self.balances.get(row.wallet_id, row.balance_fen),
+            limits=limits,
+            usage=self.usages.get(row.wallet_id, row.usage).at(now),
+            bank_account_linked=row.bank_account_ref is not None,
+            reverse_waterfall=row.reverse_waterfall,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,8 +262,10 @@ def _settle_batch(
     connection: Connection,
     verified: list[tuple[int, Signed]],
     results: list[Settlement | CbdcError | None],
+    verdicts: Verdicts,
 ) -> None:
-    """Steps 4-12 for each payment against the batch's running state, then one posting."""
+    """Steps 4-12 for each payment against the batch's running state, then one posting, once
+    every signature in ``verdicts`` (by index) is known to be good."""
     messages = [payment.message for _, payment in verified]
     batch = _Batch(
         wallets=load_wallets(
@@ -237,6 +293,15 @@ def _settle_batch(
             accepted.append(outcome)
         elif outcome is not None:
             results[index] = outcome
+    valid = verdicts.result()
+    if not all(valid[index] for index, _ in verified):
+        # Rare: forged payments in the batch. Check again without them (nothing is written yet).
+        for index, _ in verified:
+            results[index] = None
+        valid_only = [(index, payment) for index, payment in verified if valid[index]]
+        _settle_batch(context, connection, valid_only, results,
+                      _settled_verdicts({index: True for index, _ in valid_only}))
+        return
     if accepted:
         _record(context, connection, batch, accepted, results, now)
     for index, payment in verified:  # repeats of a payment settled earlier in this batch
@@ -266,58 +331,41 @@ def _check_and_apply(
                            code="payment_conflict")
         return None
     key = check_signing_key(batch.keys.get(message["public_key"]), payer)
-    if message["sequence"] <= key.last_sequence:
+    last_sequence = batch.sequences.get(key.public_key, key.last_sequence)
+    if message["sequence"] <= last_sequence:
         raise Conflict(
-            f"sequence {message['sequence']} is not above {key.last_sequence}, the last this "
+            f"sequence {message['sequence']} is not above {last_sequence}, the last this "
             "key used",
             code="sequence_not_fresh",
-            last_sequence=key.last_sequence,
+            last_sequence=last_sequence,
         )
     check_active(payer)
     check_active(payee)
     request_id = message.get("request_id")
     if request_id is not None:
         _check_request(batch, message, now)
-    plan = plan_transfer(party(context, payer, now), party(context, payee, now),
-                         message["amount_fen"])
+    payer_party = batch.party(context, payer, now)
+    plan = plan_transfer(payer_party, batch.party(context, payee, now), message["amount_fen"])
     if plan.topped_up_fen > batch.floats[payer.operator_float_account_id]:
         raise InsufficientFunds(
             f"the linked bank account could not cover the {plan.topped_up_fen} fen shortfall",
             wallet=payer.wallet_id,
             shortfall_fen=plan.topped_up_fen,
         )
-    _apply(batch, payer, payee, key, plan, message, now)
+    amount = plan.amount_fen
+    batch.floats[payer.operator_float_account_id] -= plan.topped_up_fen
+    batch.floats[payee.operator_float_account_id] += plan.swept_fen
+    batch.balances[payer.wallet_id] = payer_party.balance_fen + plan.topped_up_fen - amount
+    batch.usages[payer.wallet_id] = payer_party.usage.plus(amount)
+    batch.balances[payee.wallet_id] = (
+        batch.balances.get(payee.wallet_id, payee.balance_fen) + amount - plan.swept_fen
+    )
+    batch.sequences[key.public_key] = message["sequence"]
     batch.in_batch[payment_id] = (payment.message_hash, index)
     if request_id is not None:
         batch.requests_paid[request_id] = payment_id
     return _Accepted(index, payment, payer, payee, key, plan,
                      settlement_drafts("payment", payment_id, payer, payee, plan))
-
-
-def _apply(
-    batch: _Batch,
-    payer: WalletRow,
-    payee: WalletRow,
-    key: KeyRow,
-    plan: TransferPlan,
-    message: Message,
-    now: datetime,
-) -> None:
-    """Move the batch's running state as the payment's entries will move the ledger."""
-    amount = plan.amount_fen
-    batch.floats[payer.operator_float_account_id] -= plan.topped_up_fen
-    batch.floats[payee.operator_float_account_id] += plan.swept_fen
-    payer_now = batch.wallets[payer.wallet_id]
-    batch.wallets[payer.wallet_id] = replace(
-        payer_now,
-        balance_fen=payer_now.balance_fen + plan.topped_up_fen - amount,
-        usage=payer_now.usage.at(now).plus(amount),
-    )
-    payee_now = batch.wallets[payee.wallet_id]
-    batch.wallets[payee.wallet_id] = replace(
-        payee_now, balance_fen=payee_now.balance_fen + amount - plan.swept_fen
-    )
-    batch.keys[key.public_key] = replace(key, last_sequence=message["sequence"])
 
 
 def _record(
@@ -344,11 +392,9 @@ def _record(
         results[item.index] = settlement
         new_rows.append(row)
     row_ids = insert_payments(connection, new_rows)
-    touched = {item.payer.wallet_id for item in accepted}
-    save_usages(connection, {batch.wallets[w].id: batch.wallets[w].usage for w in touched})
+    save_usages(connection, {batch.wallets[w].id: usage for w, usage in batch.usages.items()})
     save_key_sequences(
-        connection, {batch.keys[k].id: batch.keys[k].last_sequence
-                     for k in {item.key.public_key for item in accepted}}
+        connection, {batch.keys[k].id: sequence for k, sequence in batch.sequences.items()}
     )
     for request_id, payment_id in batch.requests_paid.items():
         connection.execute(

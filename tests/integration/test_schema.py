@@ -1,5 +1,5 @@
 """The hand-written migrations build exactly the tables the code declares, on both engines, and
-0002 (wallets and payments) downgrades and upgrades cleanly."""
+0002 (wallets and payments) and 0003 (offline devices) downgrade and upgrade cleanly."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ from cbdc.storage.tables import metadata
 
 WALLET_TABLES = {"wallets", "wallet_identities", "wallet_keys", "payments", "payment_requests",
                  "payment_codes"}
+OFFLINE_TABLES = {"offline_devices", "offline_loads", "offline_unloads", "offline_payments",
+                  "offline_settlements", "offline_operator_losses", "offline_fraud_cases",
+                  "offline_revocation_lists", "offline_revocations"}
 
 
 def differences(database_url: str) -> list[object]:
@@ -43,4 +46,14 @@ def test_wallets_migration_downgrades_and_upgrades(database_url: str) -> None:
     assert not WALLET_TABLES & table_names(database_url)
     migrate.upgrade(database_url)
     assert table_names(database_url) >= WALLET_TABLES
+    assert differences(database_url) == []
+
+
+def test_offline_migration_downgrades_and_upgrades(database_url: str) -> None:
+    assert table_names(database_url) >= OFFLINE_TABLES | WALLET_TABLES
+    migrate.downgrade(database_url, "0002_wallets_payments")
+    assert not OFFLINE_TABLES & table_names(database_url)
+    assert table_names(database_url) >= WALLET_TABLES
+    migrate.upgrade(database_url)
+    assert table_names(database_url) >= OFFLINE_TABLES
     assert differences(database_url) == []

@@ -1,5 +1,6 @@
 """All tables, registered on one MetaData. Alembic's autogenerate compares migrations to this."""
 
+from cbdc.storage.tables.api import API_KEY_ROLES, IDEMPOTENCY_STATES, api_keys, idempotency_keys
 from cbdc.storage.tables.base import metadata
 from cbdc.storage.tables.ledger import (
     ACCOUNT_KINDS,
@@ -8,6 +9,20 @@ from cbdc.storage.tables.ledger import (
     journal_entries,
     ledger_head,
     postings,
+)
+from cbdc.storage.tables.offline import (
+    DEVICE_STATUSES,
+    FRAUD_CODES,
+    PAYMENT_STATUSES,
+    offline_devices,
+    offline_fraud_cases,
+    offline_loads,
+    offline_operator_losses,
+    offline_payments,
+    offline_revocation_lists,
+    offline_revocations,
+    offline_settlements,
+    offline_unloads,
 )
 from cbdc.storage.tables.wallets import (
     HOLDER_KINDS,
@@ -24,15 +39,31 @@ from cbdc.storage.tables.wallets import (
 
 __all__ = [
     "ACCOUNT_KINDS",
+    "API_KEY_ROLES",
+    "DEVICE_STATUSES",
+    "FRAUD_CODES",
     "HOLDER_KINDS",
+    "IDEMPOTENCY_STATES",
     "KEY_STATUSES",
     "PAYMENT_KINDS",
+    "PAYMENT_STATUSES",
     "WALLET_STATUSES",
     "accounts",
+    "api_keys",
+    "idempotency_keys",
     "institutions",
     "journal_entries",
     "ledger_head",
     "metadata",
+    "offline_devices",
+    "offline_fraud_cases",
+    "offline_loads",
+    "offline_operator_losses",
+    "offline_payments",
+    "offline_revocation_lists",
+    "offline_revocations",
+    "offline_settlements",
+    "offline_unloads",
     "payment_codes",
     "payment_requests",
     "payments",

@@ -1,0 +1,153 @@
+"""Payments, batches of them, merchant payment requests, captures and refunds.
+
+Money moves here only on a wallet's Ed25519 signature, which the services verify; the bearer
+key says which operator relays the message (and owns the idempotency record), nothing more.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import Response
+
+from api.auth import Ledger, Operator
+from api.docs import AUTHENTICATED, MOVES_MONEY, WITH_BODY, problems
+from api.errors import problem_of
+from api.idempotency import IdempotencyKey, run_idempotent
+from api.schemas import payments as schemas
+from cbdc.domain.errors import CbdcError, NotFound
+from cbdc.domain.postings import format_timestamp
+from cbdc.services import lookups, merchants, payments
+
+router = APIRouter(prefix="/v1", tags=["payments"])
+IdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
+MONEY = problems(*AUTHENTICATED, *MOVES_MONEY, 404)
+
+
+def settlement_out(settled: payments.Settlement) -> schemas.Settlement:
+    return schemas.Settlement(
+        payment_id=settled.payment_id, kind=settled.kind, payer=settled.payer,
+        payee=settled.payee, amount_fen=settled.amount_fen, entry_seq=settled.entry_seq,
+        entry_hash=settled.entry_hash, settled_at=format_timestamp(settled.settled_at),
+        topped_up_fen=settled.topped_up_fen, swept_fen=settled.swept_fen,
+        receipt=dict(settled.receipt), replayed=settled.replayed,
+    )
+
+
+def envelope(body: schemas.SignedEnvelope) -> dict[str, Any]:
+    return body.model_dump()
+
+
+@router.get("/ledger", response_model=schemas.LedgerInfo, responses=problems(),
+            tags=["health"], summary="This ledger's id and receipt-signing public key")
+def ledger_info(context: Ledger) -> schemas.LedgerInfo:
+    return schemas.LedgerInfo(ledger_id=context.ledger_id,
+                              receipt_public_key=payments.ledger_public_key_hex(context))
+
+
+@router.post("/payments", status_code=201, response_model=schemas.Settlement, responses=MONEY,
+             summary="Settle one signed payment")
+def submit_payment(
+    body: schemas.SignedEnvelope,
+    request: Request,
+    context: Ledger,
+    principal: Operator,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return run_idempotent(
+        request, context, principal, idempotency_key, body,
+        lambda: (201, settlement_out(payments.settle_payment(context, envelope(body)))),
+    )
+
+
+@router.post("/payments/batch", response_model=schemas.BatchResults, responses=MONEY,
+             summary="Settle up to 1,000 signed payments in one unit of work")
+def submit_batch(
+    body: schemas.PaymentBatch,
+    request: Request,
+    context: Ledger,
+    principal: Operator,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    def settle() -> tuple[int, schemas.BatchResults]:
+        answers = payments.settle_payments(context, [envelope(item) for item in body.payments])
+        results = [_batch_result(index, answer) for index, answer in enumerate(answers)]
+        settled = sum(1 for result in results if result.settlement is not None)
+        return 200, schemas.BatchResults(settled=settled, refused=len(results) - settled,
+                                         results=results)
+
+    return run_idempotent(request, context, principal, idempotency_key, body, settle)
+
+
+def _batch_result(index: int, answer: payments.Settlement | CbdcError) -> schemas.BatchResult:
+    if isinstance(answer, CbdcError):
+        return schemas.BatchResult(index=index, status=answer.status, problem=problem_of(answer))
+    return schemas.BatchResult(index=index, status=201, settlement=settlement_out(answer))
+
+
+@router.get("/payments/{payment_id}", response_model=schemas.Settlement,
+            responses=problems(*AUTHENTICATED, 404),
+            summary="A settlement and its receipt (to the payer's or payee's operator)")
+def get_payment(payment_id: IdPath, context: Ledger, principal: Operator) -> schemas.Settlement:
+    found = lookups.find_settlement(context, payment_id)
+    if principal.institution_code not in found.operator_codes:
+        raise NotFound(f"no settlement {payment_id!r}", code="payment_not_found")
+    return settlement_out(found.settlement)
+
+
+@router.post("/payment-requests", status_code=201, response_model=schemas.PaymentRequest,
+             responses=problems(*AUTHENTICATED, *WITH_BODY, 404, 409),
+             summary="Record a merchant-signed payment request; get its QR payload")
+def create_payment_request(
+    body: schemas.SignedEnvelope, context: Ledger, _: Operator
+) -> schemas.PaymentRequest:
+    return request_out(merchants.create_payment_request(context, envelope(body)))
+
+
+@router.get("/payment-requests/{request_id}", response_model=schemas.PaymentRequest,
+            responses=problems(*AUTHENTICATED, 404), summary="A payment request and its status")
+def get_payment_request(
+    request_id: IdPath, context: Ledger, _: Operator
+) -> schemas.PaymentRequest:
+    return request_out(merchants.get_payment_request(context, request_id))
+
+
+def request_out(found: merchants.PaymentRequest) -> schemas.PaymentRequest:
+    return schemas.PaymentRequest(
+        request_id=found.request_id, merchant=found.merchant, amount_fen=found.amount_fen,
+        reference=found.reference, expires_at=format_timestamp(found.expires_at),
+        status=found.status, envelope=dict(found.envelope), qr=found.qr,
+    )
+
+
+@router.post("/captures", status_code=201, response_model=schemas.Settlement, responses=MONEY,
+             summary="The merchant captures a customer's payment code")
+def capture(
+    body: schemas.Capture,
+    request: Request,
+    context: Ledger,
+    principal: Operator,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return run_idempotent(
+        request, context, principal, idempotency_key, body,
+        lambda: (201, settlement_out(merchants.capture_payment_code(
+            context, envelope(body.payment_code), envelope(body.capture)
+        ))),
+    )
+
+
+@router.post("/refunds", status_code=201, response_model=schemas.Settlement, responses=MONEY,
+             summary="Settle a merchant-signed refund of (part of) a payment or capture")
+def refund(
+    body: schemas.SignedEnvelope,
+    request: Request,
+    context: Ledger,
+    principal: Operator,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    return run_idempotent(
+        request, context, principal, idempotency_key, body,
+        lambda: (201, settlement_out(merchants.refund(context, envelope(body)))),
+    )

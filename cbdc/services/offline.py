@@ -1,0 +1,38 @@
+"""Offline payments, the ledger's side (issue 4): one import for the services of
+:mod:`cbdc.services.offline_devices` (provisioning, loads, unloads, revocation lists, fraud
+cases), :mod:`cbdc.services.offline_uploads` (uploads, settlement, sync receipts) and
+:mod:`cbdc.services.offline_report` (reconciliation). The device side is :mod:`cbdc.offline`.
+"""
+
+from cbdc.services.offline_devices import (
+    ProvisionedDevice,
+    UnloadResult,
+    fraud_cases,
+    load_device,
+    provision_device,
+    revocation_list,
+    unload_device,
+)
+from cbdc.services.offline_keys import operator_authority, root_authority, root_public_key
+from cbdc.services.offline_report import OfflineReport, offline_report
+from cbdc.services.offline_settlement import FraudCaseView
+from cbdc.services.offline_uploads import UploadOutcome, UploadReport, upload_offline_payments
+
+__all__ = [
+    "FraudCaseView",
+    "OfflineReport",
+    "ProvisionedDevice",
+    "UnloadResult",
+    "UploadOutcome",
+    "UploadReport",
+    "fraud_cases",
+    "load_device",
+    "offline_report",
+    "operator_authority",
+    "provision_device",
+    "revocation_list",
+    "root_authority",
+    "root_public_key",
+    "unload_device",
+    "upload_offline_payments",
+]

@@ -1,0 +1,239 @@
+"""Signed payments over HTTP: a customer at one operator pays a noodle shop at another; the
+ledger-signed receipt verifies; batches, payment requests (QR), payment codes, refunds; and a
+bearer key alone moves nothing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from cbdc.client import (
+    WalletKey,
+    build_capture,
+    build_payment,
+    build_payment_code,
+    build_payment_for_request,
+    build_payment_request,
+    build_refund,
+    decode_qr,
+    verify_receipt,
+)
+from cbdc.clock import ManualClock
+from cbdc.domain.money import yuan
+from cbdc.services.context import LedgerContext
+from tests.api.conftest import (
+    Keys,
+    assert_problem,
+    auth,
+    journal_length,
+    money_headers,
+    snapshot,
+)
+from tests.api.test_wallets import FULL_EVIDENCE, fund, open_wallet
+
+
+@dataclass
+class Parties:
+    customer: WalletKey
+    shop: WalletKey
+    ledger_id: str
+    receipt_key: str
+
+
+@pytest.fixture
+def parties(client: TestClient, keys: Keys) -> Parties:
+    """Carol (class 3, BANK-A, 1,000 CNY) and a noodle shop (class 2, MCC 5812, BANK-B)."""
+    open_wallet(client, keys.bank_a, "w-carol", wallet_class=3,
+                evidence={"phone": "+8613800000003", "id_document": "110101199001011234"})
+    fund(client, keys.bank_a, "w-carol", yuan(1_000), "t-carol")
+    open_wallet(client, keys.bank_b, "w-noodles", wallet_class=2, holder_kind="corporate",
+                merchant_category_code="5812", evidence=FULL_EVIDENCE)
+    customer, shop = WalletKey.generate(), WalletKey.generate()
+    for bank, wallet, key in ((keys.bank_a, "w-carol", customer),
+                              (keys.bank_b, "w-noodles", shop)):
+        enrolled = client.post(f"/v1/wallets/{wallet}/keys",
+                               json={"public_key": key.public_key_hex}, headers=auth(bank))
+        assert enrolled.status_code == 201
+    info = client.get("/v1/ledger").json()
+    return Parties(customer, shop, info["ledger_id"], info["receipt_public_key"])
+
+
+def payment(parties: Parties, clock: ManualClock, payment_id: str, amount_fen: int,
+            sequence: int, **extra: Any) -> dict[str, Any]:
+    envelope = build_payment(
+        parties.customer, ledger_id=parties.ledger_id, payment_id=payment_id, payer="w-carol",
+        payee="w-noodles", amount_fen=amount_fen, sequence=sequence, created_at=clock.now(),
+        **extra,
+    )
+    return dict(envelope)
+
+
+def balance(client: TestClient, key: str, wallet_id: str) -> int:
+    value: int = client.get(f"/v1/wallets/{wallet_id}", headers=auth(key)).json()["balance_fen"]
+    return value
+
+
+def test_customer_pays_a_shop_at_another_operator(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock
+) -> None:
+    body = payment(parties, clock, "pay-noodles-1", 2_350, 1, memo="beef noodles")
+    paid = client.post("/v1/payments", json=body, headers=money_headers(keys.bank_a))
+    assert paid.status_code == 201, paid.text
+    settlement = paid.json()
+    assert (settlement["payer"], settlement["payee"], settlement["amount_fen"]) == \
+        ("w-carol", "w-noodles", 2_350)
+    receipt = verify_receipt(settlement["receipt"], parties.receipt_key)
+    assert receipt["entry_seq"] == settlement["entry_seq"] and receipt["kind"] == "payment"
+    assert balance(client, keys.bank_a, "w-carol") == yuan(1_000) - 2_350
+    assert balance(client, keys.bank_b, "w-noodles") == 2_350
+
+    for bank in (keys.bank_a, keys.bank_b):  # the payer's and the payee's operators
+        looked_up = client.get("/v1/payments/pay-noodles-1", headers=auth(bank))
+        assert looked_up.status_code == 200 and looked_up.json()["receipt"] == \
+            settlement["receipt"]
+    assert_problem(client.get("/v1/payments/pay-noodles-1", headers=auth(keys.central_bank)),
+                   403, "operator_only")
+    assert_problem(client.get("/v1/payments/pay-nothing", headers=auth(keys.bank_a)), 404,
+                   "payment_not_found")
+
+    replay = client.post("/v1/payments", json=body, headers=money_headers(keys.bank_b))
+    assert replay.status_code == 201 and replay.json()["replayed"] is True
+    assert balance(client, keys.bank_a, "w-carol") == yuan(1_000) - 2_350
+
+
+def test_a_third_operator_cannot_look_a_payment_up(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock, ledger: LedgerContext
+) -> None:
+    from cbdc.services import apikeys, issuance
+
+    issuance.create_operator(ledger, "BANK-C", "Bank C")
+    bank_c = apikeys.create_api_key(ledger, "BANK-C")[1]
+    client.post("/v1/payments", json=payment(parties, clock, "pay-x", 100, 1),
+                headers=money_headers(keys.bank_a))
+    foreign = client.get("/v1/payments/pay-x", headers=auth(bank_c))
+    missing = client.get("/v1/payments/pay-y", headers=auth(bank_c))
+    assert_problem(foreign, 404, "payment_not_found")
+    assert_problem(missing, 404, "payment_not_found")
+
+
+def test_forged_altered_and_malformed_payments_change_nothing(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock, ledger: LedgerContext
+) -> None:
+    before = snapshot(ledger)
+    good = payment(parties, clock, "pay-forged", 2_000, 1)
+    altered = {**good, "message": {**good["message"], "amount_fen": 200_000}}
+    assert_problem(client.post("/v1/payments", json=altered, headers=money_headers(keys.bank_a)),
+                   422, "signature_invalid")
+    mallory = WalletKey.generate()
+    forged = dict(build_payment(mallory, ledger_id=parties.ledger_id, payment_id="pay-forged",
+                                payer="w-carol", payee="w-noodles", amount_fen=2_000,
+                                sequence=1, created_at=clock.now()))
+    forged_response = client.post("/v1/payments", json=forged, headers=money_headers(keys.bank_a))
+    assert_problem(forged_response, 403, "public_key_not_enrolled")
+    missing = {**good, "message": {k: v for k, v in good["message"].items() if k != "payee"}}
+    assert_problem(client.post("/v1/payments", json=missing, headers=money_headers(keys.bank_a)),
+                   400, "field_missing", field="payee")
+    as_float = {**good, "message": {**good["message"], "amount_fen": 2000.0}}
+    assert_problem(client.post("/v1/payments", json=as_float, headers=money_headers(keys.bank_a)),
+                   400, "amount_invalid", field="amount_fen")
+    smuggled = {**good, "balance": 10**9}
+    assert_problem(client.post("/v1/payments", json=smuggled, headers=money_headers(keys.bank_a)),
+                   422, "request_invalid")
+    anonymous = client.post("/v1/payments", json=good, headers=auth(None, "anon"))
+    assert_problem(anonymous, 401, "unauthenticated")
+    assert_problem(client.post("/v1/payments", json=good,
+                               headers=money_headers(keys.central_bank)), 403, "operator_only")
+    after = snapshot(ledger)
+    assert after["balances"] == before["balances"] and after["head"] == before["head"]
+
+
+def test_over_the_single_payment_cap_is_refused(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock
+) -> None:
+    refused = client.post("/v1/payments", json=payment(parties, clock, "pay-big", yuan(5_001), 1),
+                          headers=money_headers(keys.bank_a))
+    assert refused.status_code == 422 and refused.json()["code"].endswith("limit_exceeded")
+
+
+def test_a_batch_settles_the_good_and_answers_each_refusal(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock, ledger: LedgerContext
+) -> None:
+    good = [payment(parties, clock, f"batch-{n}", 100 * n, n) for n in range(1, 5)]
+    forged = {**good[1], "signature": "00" * 64}
+    body = {"payments": [good[0], forged, *good[2:]]}
+    length = journal_length(ledger)
+    headers = money_headers(keys.bank_a)
+    response = client.post("/v1/payments/batch", json=body, headers=headers)
+    assert response.status_code == 200, response.text
+    results = response.json()
+    assert (results["settled"], results["refused"]) == (3, 1)
+    assert [r["status"] for r in results["results"]] == [201, 422, 201, 201]
+    assert results["results"][1]["problem"]["code"] == "signature_invalid"
+    assert journal_length(ledger) == length + 3
+    again = client.post("/v1/payments/batch", json=body, headers=headers)
+    assert again.content == response.content and journal_length(ledger) == length + 3
+    too_many = {"payments": [good[0]] * 1_001}
+    assert_problem(client.post("/v1/payments/batch", json=too_many,
+                               headers=money_headers(keys.bank_a)), 422, "request_invalid")
+
+
+def test_merchant_presented_qr_is_paid_once(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock
+) -> None:
+    request = dict(build_payment_request(
+        parties.shop, ledger_id=parties.ledger_id, request_id="req-table-7", merchant="w-noodles",
+        amount_fen=4_800, reference="table 7", expires_at=clock.now() + timedelta(minutes=10),
+        created_at=clock.now(),
+    ))
+    created = client.post("/v1/payment-requests", json=request, headers=auth(keys.bank_b))
+    assert created.status_code == 201, created.text
+    scanned = decode_qr(created.json()["qr"])
+    assert scanned == request
+    paid = client.post("/v1/payments", headers=money_headers(keys.bank_a), json=dict(
+        build_payment_for_request(parties.customer, scanned["message"], payment_id="pay-table-7",
+                                  payer="w-carol", sequence=1, created_at=clock.now())))
+    assert paid.status_code == 201, paid.text
+    assert client.get("/v1/payment-requests/req-table-7",
+                      headers=auth(keys.bank_a)).json()["status"] == "paid"
+    twice = client.post("/v1/payments", headers=money_headers(keys.bank_a), json=dict(
+        build_payment_for_request(parties.customer, scanned["message"], payment_id="pay-again",
+                                  payer="w-carol", sequence=2, created_at=clock.now())))
+    assert twice.status_code in (409, 422) and "request" in twice.json()["code"]
+    assert_problem(client.get("/v1/payment-requests/req-none", headers=auth(keys.bank_b)), 404,
+                   "payment_request_not_found")
+
+
+def test_customer_code_captured_then_refunded_half_twice(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock
+) -> None:
+    code = dict(build_payment_code(
+        parties.customer, ledger_id=parties.ledger_id, code_id="code-1", payer="w-carol",
+        max_amount_fen=10_000, expires_at=clock.now() + timedelta(minutes=1),
+        created_at=clock.now(),
+    ))
+    capture = dict(build_capture(
+        parties.shop, ledger_id=parties.ledger_id, capture_id="cap-1", code_id="code-1",
+        merchant="w-noodles", amount_fen=6_000, created_at=clock.now(),
+    ))
+    captured = client.post("/v1/captures", json={"payment_code": code, "capture": capture},
+                           headers=money_headers(keys.bank_b))
+    assert captured.status_code == 201, captured.text
+    assert captured.json()["kind"] == "capture"
+
+    def refund(refund_id: str) -> Any:
+        return client.post("/v1/refunds", headers=money_headers(keys.bank_b), json=dict(
+            build_refund(parties.shop, ledger_id=parties.ledger_id, refund_id=refund_id,
+                         payment_id="cap-1", merchant="w-noodles", amount_fen=3_000,
+                         created_at=clock.now())))
+
+    assert refund("refund-1").status_code == 201
+    assert refund("refund-2").status_code == 201
+    third = refund("refund-3")
+    assert third.status_code == 422 and third.headers["content-type"] == \
+        "application/problem+json"
+    assert balance(client, keys.bank_a, "w-carol") == yuan(1_000)
+    assert balance(client, keys.bank_b, "w-noodles") == 0

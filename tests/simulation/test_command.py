@@ -1,0 +1,63 @@
+"""`cbdc simulate` from the command line: a tiny pilot on a fresh SQLite file, its summary, the
+files it names, its verdict; and a refusal to run on a ledger that already holds entries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from cbdc.cli import app
+from cbdc.simulation.scenario import default_scenario_text
+
+runner = CliRunner()
+
+
+def tiny_scenario(folder: Path) -> Path:
+    text = (
+        default_scenario_text()
+        .replace("days = 7", "days = 1")
+        .replace("count = 100000", "count = 200")
+        .replace("count = 10000", "count = 40")
+        .replace("count = 500", "count = 4")
+    )
+    path = folder / "tiny.toml"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_simulate_writes_the_report_and_passes_its_invariants(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["simulate", str(tiny_scenario(tmp_path)), "--seed", "3",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "ALL INVARIANTS HOLD" in result.output
+    assert str(out / "report.html") in result.output
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert metrics["ok"] is True
+    assert metrics["scenario"]["payments"] == 200
+    assert metrics["final_state_hash"] in result.output
+    assert (out / "ledger.sqlite3").exists()
+
+
+def test_scale_multiplies_the_pilot(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["simulate", str(tiny_scenario(tmp_path)), "--scale", "2",
+                                 "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "metrics.json").read_text(encoding="utf-8"))
+    assert (metrics["scenario"]["wallets"], metrics["scenario"]["payments"]) == (80, 400)
+
+
+def test_simulate_refuses_a_ledger_that_already_holds_entries(tmp_path: Path) -> None:
+    scenario = tiny_scenario(tmp_path)
+    url = f"sqlite:///{tmp_path / 'used.sqlite3'}"
+    first = runner.invoke(app, ["simulate", str(scenario), "--database-url", url,
+                                "--out", str(tmp_path / "first")])
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(app, ["simulate", str(scenario), "--database-url", url,
+                                "--out", str(tmp_path / "again")])
+    assert again.exit_code == 2
+    assert "ledger_not_empty" in again.output
+    assert not (tmp_path / "again" / "metrics.json").exists()
