@@ -99,7 +99,25 @@ FieldCheck = Callable[[str, object], None]
 
 
 def parse_time(text: object, *, field_name: str = "time") -> datetime:
-    """Parse ``YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z`` into an aware UTC datetime; else FieldInvalid."""
+    """Parse ``YYYY-MM-DDTHH:MM:SS[.f{1,6}]Z`` into an aware UTC datetime; else FieldInvalid.
+    Valid texts are remembered (settlement reads each payment's time several times)."""
+    if isinstance(text, str):
+        parsed = _parsed_times.get(text)
+        if parsed is not None:
+            return parsed
+    parsed = _parse_time(text, field_name)
+    if len(_parsed_times) >= _PARSED_TIMES_MAX:
+        _parsed_times.clear()
+    assert isinstance(text, str)  # _parse_time parses nothing else
+    _parsed_times[text] = parsed
+    return parsed
+
+
+_PARSED_TIMES_MAX = 65_536
+_parsed_times: dict[str, datetime] = {}
+
+
+def _parse_time(text: object, field_name: str) -> datetime:
     match = _TIME.fullmatch(text) if isinstance(text, str) else None
     if match is None:
         raise FieldInvalid(

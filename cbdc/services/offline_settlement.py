@@ -158,14 +158,17 @@ class SettlementRun:
     cases: dict[tuple[int, str], dict[str, Any]] = field(default_factory=dict)
     revoked: list[str] = field(default_factory=list)
     _entries: dict[str, str] = field(default_factory=dict)
+    # Each payee's limits and usage at ``now`` (a run moves only balances), by wallet id.
+    _parties: dict[str, tuple[tuple[Any, ...], Party]] = field(default_factory=dict)
 
     # --- 1. load ---------------------------------------------------------------------------
 
-    def load(self) -> None:
+    def load(self, known: Mapping[str, tuple[dict[str, Any], bytes]] | None = None) -> None:
+        """``known``: messages and signatures the caller holds, by payment hash (not re-read)."""
         rows = list(self.devices.values())
         ids = [row.id for row in rows]
         by_device: dict[int, list[StoredPayment]] = {row_id: [] for row_id in ids}
-        for payment in stored_payments(self.connection, ids):
+        for payment in stored_payments(self.connection, ids, known):
             by_device[payment.payer_device_id].append(payment)
         loads = load_messages(self.connection, ids)
         unloads = unload_messages(self.connection, ids)
@@ -367,7 +370,13 @@ class SettlementRun:
     def plan_for(self, payee: WalletRow, amount_fen: int) -> TransferPlan:
         """How ``amount_fen`` reaches ``payee`` under its balance cap (waterfall or refusal);
         incoming offline value never counts as the payee's spending."""
-        receiving = party(self.context, payee, self.now)
+        key = (payee.wallet_class, payee.caps, payee.usage, payee.bank_account_ref,
+               payee.reverse_waterfall)
+        known = self._parties.get(payee.wallet_id)
+        if known is None or known[0] != key:
+            known = (key, party(self.context, payee, self.now))
+            self._parties[payee.wallet_id] = known
+        receiving = replace(known[1], balance_fen=payee.balance_fen)
         escrow = Party(wallet_id="escrow", balance_fen=amount_fen, limits=receiving.limits,
                        usage=receiving.usage)
         return plan_transfer(escrow, receiving, amount_fen, counts_as_spending=False,
@@ -512,22 +521,27 @@ class SettlementRun:
             )
 
     def _write_devices(self) -> None:
+        totals = [
+            {"i": book.row.id, "s": book.settled_fen, "o": book.operator_paid_fen}
+            for book in self.books.values()
+            if (book.settled_fen, book.operator_paid_fen)
+            != (book.row.settled_fen, book.row.operator_paid_fen)
+        ]
+        if totals:
+            self.connection.execute(
+                update(offline_devices).where(offline_devices.c.id == bindparam("i"))
+                .values(settled_fen=bindparam("s"), operator_paid_fen=bindparam("o")),
+                totals,
+            )
         for book in self.books.values():
-            values: dict[str, Any] = {}
-            if book.settled_fen != book.row.settled_fen:
-                values["settled_fen"] = book.settled_fen
-            if book.operator_paid_fen != book.row.operator_paid_fen:
-                values["operator_paid_fen"] = book.operator_paid_fen
             if book.revoke_reason is not None:
-                values.update(status="revoked", revoked_at=self.now)
                 self.connection.execute(insert(offline_revocations).values(
                     device_id=book.row.id, serial=book.row.certificate_serial,
                     reason=book.revoke_reason, revoked_at=self.now,
                 ))
-            if values:
                 self.connection.execute(
                     update(offline_devices).where(offline_devices.c.id == book.row.id)
-                    .values(**values)
+                    .values(status="revoked", revoked_at=self.now)
                 )
 
     def _write_cases(self) -> None:

@@ -4,10 +4,14 @@ Either side uploads: a payer its own payments, a payee what it received, both in
 as often as they like. For each batch, in order:
 
 1. every envelope is authenticated (shape, certificate chain to the root, payer's signature,
-   this ledger), on two worker processes for large batches
-   (:func:`cbdc.offline.batch.authenticate_many`); forged or altered ones are refused, each
-   named in an ``offline_forged`` fraud case against the device it claims (a forgery proves
-   nothing against that device's key, so it is not revoked for it);
+   this ledger). An envelope carrying exactly the certificates the ledger issued to the device
+   it names needs no chain verification (the ledger signed that chain): it is checked here and
+   its signature verified on two threads, chunk by chunk while the next chunk is prepared
+   (PyNaCl releases the GIL while it verifies). Any other envelope goes through
+   :func:`cbdc.offline.batch.authenticate_many` in full, on two worker processes for large
+   batches. Forged or altered ones are refused, each named in an ``offline_forged`` fraud case
+   against the device it claims (a forgery proves nothing against that device's key, so it is
+   not revoked for it);
 2. one unit of work: the devices involved (payers, the uploader) are locked in ascending id
    order; each new payment is stored once, by payment hash (a duplicate changes nothing);
 3. a :class:`~cbdc.services.offline_settlement.SettlementRun` over every payer device in the
@@ -23,8 +27,8 @@ from __future__ import annotations
 import hashlib
 import json
 import multiprocessing
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -33,7 +37,17 @@ from sqlalchemy import Connection, insert, update
 from sqlalchemy.exc import IntegrityError
 
 from cbdc.domain.postings import canonical_json
-from cbdc.offline.batch import Authenticated, Refusal, authenticate_many
+from cbdc.offline import DeviceCertificate
+from cbdc.offline.batch import (
+    Authenticated,
+    Prepared,
+    Refusal,
+    TrustedChain,
+    authenticate_many,
+    conclude,
+    prepare_trusted,
+    verify_signatures,
+)
 from cbdc.offline.messages import parse_time
 from cbdc.services.context import LedgerContext
 from cbdc.services.offline_devices import publish_pending_revocations
@@ -49,7 +63,8 @@ from cbdc.storage.offline import (
 )
 from cbdc.storage.tables import offline_devices, offline_payments
 
-#: Batches at least this long are authenticated on :data:`VERIFY_WORKERS` processes.
+#: Batches (and chunks) at least this long are verified on :data:`VERIFY_WORKERS` threads
+#: (envelopes with the ledger's certificates) or processes (the others).
 PARALLEL_VERIFY_MIN = 256
 VERIFY_WORKERS = 2
 #: Envelopes per task sent to a worker: small enough to keep both workers busy to the end.
@@ -105,11 +120,14 @@ def upload_offline_payments(
 
 
 _POOL: ProcessPoolExecutor | None = None
+_VERIFIERS = ThreadPoolExecutor(max_workers=VERIFY_WORKERS,
+                                thread_name_prefix="cbdc-offline-verify")
 
 
 def _pool() -> ProcessPoolExecutor:
-    """The verifying workers, started once per process (spawned: a fork would copy the
-    database connections and threads of the parent)."""
+    """The workers for envelopes with certificates the ledger did not issue as they stand,
+    started once per process (spawned: a fork would copy the database connections and threads
+    of the parent)."""
     global _POOL
     if _POOL is None:
         _POOL = ProcessPoolExecutor(max_workers=VERIFY_WORKERS,
@@ -120,10 +138,73 @@ def _pool() -> ProcessPoolExecutor:
 def authenticate(
     context: LedgerContext, envelopes: Sequence[Any]
 ) -> list[Authenticated | Refusal]:
+    """Each envelope's :class:`Authenticated` or :class:`Refusal`, in order. Envelopes with the
+    very certificates the ledger issued to the device they name are checked here and their
+    signatures verified on threads, chunk by chunk while the next chunk is prepared; any other
+    envelope is authenticated in full, on worker processes for large batches."""
+    chains = _trusted_chains(context, envelopes)
+    results: list[Authenticated | Refusal | None] = [None] * len(envelopes)
+    prepared: list[tuple[int, Prepared]] = []
+    others: list[int] = []
+    chunks: list[tuple[list[tuple[int, Prepared]], Future[list[bool]]]] = []
+    for index, envelope in enumerate(envelopes):
+        outcome = prepare_trusted(envelope, chains)
+        if outcome is None:
+            others.append(index)
+        elif isinstance(outcome, Refusal):
+            results[index] = outcome
+        else:
+            prepared.append((index, outcome))
+            if len(prepared) == VERIFY_CHUNK:
+                chunks.append(_submit(prepared))
+                prepared = []
+    if prepared:
+        chunks.append(_submit(prepared))
+    full = _authenticate_in_full(context, [envelopes[i] for i in others])
+    for index, result in zip(others, full, strict=True):
+        results[index] = result
+    for items, verdicts in chunks:
+        for (index, item), valid in zip(items, verdicts.result(), strict=True):
+            results[index] = conclude(envelopes[index], item, valid, context.ledger_id)
+    assert all(result is not None for result in results)
+    return [result for result in results if result is not None]
+
+
+def _submit(
+    items: list[tuple[int, Prepared]]
+) -> tuple[list[tuple[int, Prepared]], Future[list[bool]]]:
+    triples = [item.triple() for _, item in items]
+    if len(items) < PARALLEL_VERIFY_MIN:
+        done: Future[list[bool]] = Future()
+        done.set_result(verify_signatures(triples))
+        return items, done
+    return items, _VERIFIERS.submit(verify_signatures, triples)
+
+
+def _trusted_chains(context: LedgerContext, envelopes: Sequence[Any]) -> dict[str, TrustedChain]:
+    """The certificate pairs the ledger issued to the devices the envelopes name."""
+    named = {envelope["message"].get("payer_device") for envelope in envelopes
+             if isinstance(envelope, Mapping) and isinstance(envelope.get("message"), Mapping)}
+    with context.read() as connection:
+        devices = load_devices(connection, {d for d in named if isinstance(d, str)})
+    chains = {}
+    for device in devices.values():
+        stored = json.loads(device.certificate_json)
+        authority = operator_authority(context, device.operator_code,
+                                       device.operator_registered_at)
+        chains[device.device_id] = TrustedChain(
+            DeviceCertificate.from_envelope(stored), stored,
+            authority.certificate.to_envelope())
+    return chains
+
+
+def _authenticate_in_full(
+    context: LedgerContext, envelopes: list[Any]
+) -> list[Authenticated | Refusal]:
     root = root_public_key(context)
     if len(envelopes) < PARALLEL_VERIFY_MIN:
         return authenticate_many(envelopes, root, context.ledger_id)
-    chunks = [list(envelopes[start:start + VERIFY_CHUNK])
+    chunks = [envelopes[start:start + VERIFY_CHUNK]
               for start in range(0, len(envelopes), VERIFY_CHUNK)]
     pool = _pool()
     futures = [pool.submit(authenticate_many, chunk, root, context.ledger_id) for chunk in chunks]
@@ -150,7 +231,7 @@ def _record(
               and r.code not in NOT_FORGERIES and r.payer_device in devices]
     involved |= {r.payer_device for _, r in forged if r.payer_device}
     run = SettlementRun(context, connection, {d: devices[d] for d in involved}, now)
-    run.load()
+    run.load({r.payment_hash: (r.message, r.signature) for _, r in stored})
     run.lock_wallets()
     for _, refusal in forged:
         assert refusal.payer_device is not None
@@ -246,7 +327,7 @@ def _payment_row(
         "payee_wallet": message["payee_wallet"],
         "amount_fen": message["amount_fen"],
         "signed_at": parse_time(message["created_at"]),
-        "message_json": canonical_json(message).decode("ascii"),
+        "message_json": result.message_json or canonical_json(message).decode("ascii"),
         "signature": result.signature.hex(),
         "uploaded_by_device_id": uploader.id,
         "uploaded_at": now,

@@ -10,7 +10,7 @@ device's running totals and counters cannot change under it; nothing here commit
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -211,28 +211,50 @@ class StoredPayment:
     reason: str | None
 
 
-def stored_payments(connection: Connection, device_row_ids: Sequence[int]) -> list[StoredPayment]:
-    """Every payment the ledger holds from these devices, by (counter, hash)."""
+def stored_payments(
+    connection: Connection,
+    device_row_ids: Sequence[int],
+    known: Mapping[str, tuple[dict[str, Any], bytes]] | None = None,
+) -> list[StoredPayment]:
+    """Every payment the ledger holds from these devices, by (counter, hash). ``known``: the
+    message and signature of payments the caller already holds (say, just stored), by payment
+    hash; only the others' messages are read and parsed."""
     if not device_row_ids:
         return []
+    known = known or {}
     rows = connection.execute(
         select(
             offline_payments.c.id, offline_payments.c.payment_hash,
             offline_payments.c.payer_device_id, offline_payments.c.counter,
             offline_payments.c.payee_device, offline_payments.c.payee_wallet,
-            offline_payments.c.amount_fen, offline_payments.c.message_json,
-            offline_payments.c.signature, offline_payments.c.status, offline_payments.c.reason,
+            offline_payments.c.amount_fen, offline_payments.c.status, offline_payments.c.reason,
         )
         .where(offline_payments.c.payer_device_id.in_(sorted(set(device_row_ids))))
         .order_by(offline_payments.c.counter, offline_payments.c.payment_hash)
-    )
-    return [
-        StoredPayment(row.id, row.payment_hash, row.payer_device_id, row.counter,
-                      row.payee_device, row.payee_wallet, row.amount_fen,
-                      json.loads(row.message_json), bytes.fromhex(row.signature), row.status,
-                      row.reason)
-        for row in rows
-    ]
+    ).all()
+    read = _payment_messages(connection, [row.id for row in rows
+                                          if row.payment_hash not in known])
+    result = []
+    for row in rows:
+        message, signature = known.get(row.payment_hash) or read[row.id]
+        result.append(StoredPayment(row.id, row.payment_hash, row.payer_device_id, row.counter,
+                                    row.payee_device, row.payee_wallet, row.amount_fen,
+                                    message, signature, row.status, row.reason))
+    return result
+
+
+def _payment_messages(
+    connection: Connection, payment_row_ids: Sequence[int]
+) -> dict[int, tuple[dict[str, Any], bytes]]:
+    found: dict[int, tuple[dict[str, Any], bytes]] = {}
+    for start in range(0, len(payment_row_ids), 900):  # SQLite's bound-parameter limit
+        for row in connection.execute(
+            select(offline_payments.c.id, offline_payments.c.message_json,
+                   offline_payments.c.signature)
+            .where(offline_payments.c.id.in_(payment_row_ids[start:start + 900]))
+        ):
+            found[row.id] = (json.loads(row.message_json), bytes.fromhex(row.signature))
+    return found
 
 
 def known_payments(connection: Connection, payment_hashes: Sequence[str]) -> dict[str, str]:
