@@ -24,7 +24,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from cbdc.domain.errors import AlreadyExists, InvalidRequest, StatusRefused
+from cbdc.domain.errors import AlreadyExists, Forbidden, InvalidRequest, StatusRefused
 from cbdc.domain.identity import SALT_BYTES as IDENTITY_SALT_BYTES
 from cbdc.domain.identity import IdentityEvidence, bank_account_ref, evidence_hash
 from cbdc.domain.postings import EntryDraft, transfer
@@ -103,6 +103,14 @@ def check_active(row: WalletRow) -> None:
             code=f"wallet_{row.status}",
             wallet=row.wallet_id,
         )
+
+
+def check_merchant(row: WalletRow) -> None:
+    """Only merchants collect through payment requests and payment codes: corporate wallets
+    with a merchant category code."""
+    if row.merchant_category_code is None:
+        raise Forbidden(f"wallet {row.wallet_id} is not a merchant wallet",
+                        code="not_a_merchant")
 
 
 def _as_wallet(context: LedgerContext, row: WalletRow) -> Wallet:
