@@ -9,7 +9,7 @@ each command's simulated moment before its service runs.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -43,7 +43,7 @@ from cbdc.storage.tables import journal_entries
 _T = TypeVar("_T")
 
 #: Commands that set the stage for a batch's payments: run first, each at its own moment.
-_STAGE = (OpenWallet, TopUp, PresentRequest)
+_STAGE = (OpenWallet, TopUp)
 
 
 class InProcessLedger:
@@ -69,17 +69,18 @@ class InProcessLedger:
         return execute_plan(self.context, plan)
 
     def submit(self, batch: Sequence[Timed]) -> list[Outcome]:
-        """One unit of work: first what sets the stage (wallets, top-ups, payment requests),
-        each at its own moment; then every signed payment in one :func:`settle_payments` call,
-        and the rest (captures, refunds, withdrawals) in order, all at the batch's last moment:
-        the ledger settles a batch when its window closes. Credits all come before debits, so
-        no payer the driver funded can be short because of the grouping."""
+        """One unit of work: first what sets the stage (wallets, top-ups), each at its own
+        moment, and the payment requests, all in one call; then every signed payment and capture
+        in one :func:`settle_batch` call, and the rest (refunds, withdrawals) in order, all at the
+        batch's last moment: the ledger settles a batch when its window closes. Credits all come
+        before debits, so no payer the driver funded can be short because of the grouping."""
         outcomes: list[Outcome | None] = [None] * len(batch)
         settles_at = max((timed.at for timed in batch), default=None)
         with self.context.write() as connection:
             for index, timed in enumerate(batch):
                 if isinstance(timed.command, _STAGE):
                     outcomes[index] = self._one(connection, timed.at, timed.command)
+            self._requests(connection, batch, outcomes)
             if settles_at is not None:
                 self._payments(connection, batch, outcomes, settles_at)
             for index, timed in enumerate(batch):
@@ -104,32 +105,48 @@ class InProcessLedger:
         savepoint.commit()
         return outcome
 
+    def _requests(
+        self, connection: Connection, batch: Sequence[Timed], outcomes: list[Outcome | None]
+    ) -> None:
+        """Every payment request of the batch in one call, at the first one's moment: no later
+        than any of them was signed, so none has expired yet (each expires after its creation)."""
+        requests = [(index, timed.at, timed.command.request) for index, timed in enumerate(batch)
+                    if isinstance(timed.command, PresentRequest)]
+        if not requests:
+            return
+        self.clock.set(requests[0][1])
+        with connection.begin_nested():
+            results = merchants.create_payment_requests(
+                self.context, [request for _, _, request in requests])
+        for (index, _, _), result in zip(requests, results, strict=True):
+            outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
+                               else Outcome(ok=True))
+
     def _payments(
         self, connection: Connection, batch: Sequence[Timed], outcomes: list[Outcome | None],
         settles_at: datetime,
     ) -> None:
-        indices, envelopes = [], []
+        indices: list[int] = []
+        items: list[Mapping[str, Any] | payments.CodeCapture] = []
         for index, timed in enumerate(batch):
             if isinstance(timed.command, Pay):
-                indices.append(index)
-                envelopes.append(timed.command.payment)
+                items.append(timed.command.payment)
+            elif isinstance(timed.command, Capture):
+                items.append(payments.CodeCapture(timed.command.code, timed.command.capture))
+            else:
+                continue
+            indices.append(index)
         if not indices:
             return
         self.clock.set(settles_at)
         with connection.begin_nested():
-            results = payments.settle_payments(self.context, envelopes)
+            results = payments.settle_batch(self.context, items)
         for index, result in zip(indices, results, strict=True):
             outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
                                else _settled(result))
 
     def _apply(self, command: Command) -> Outcome:
         context = self.context
-        if isinstance(command, PresentRequest):
-            merchants.create_payment_request(context, command.request)
-            return Outcome(ok=True)
-        if isinstance(command, Capture):
-            return _settled(merchants.capture_payment_code(context, command.code,
-                                                           command.capture))
         if isinstance(command, Refund):
             return _settled(merchants.refund(context, command.refund))
         if isinstance(command, TopUp):
