@@ -43,7 +43,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, insert, select
+from sqlalchemy import Connection, select
 from sqlalchemy.exc import IntegrityError
 
 from cbdc.domain.errors import (
@@ -82,7 +82,6 @@ from cbdc.services.payments import (
     Settlement,
     Signed,
     answer_after_race,
-    as_utc,
     check_ledger,
     check_signing_key,
     recorded,
@@ -91,8 +90,8 @@ from cbdc.services.payments import (
     signed,
 )
 from cbdc.services.wallets import check_active, check_merchant, party
-from cbdc.storage.payments import add_refunded
-from cbdc.storage.tables import payment_requests, payments, wallets
+from cbdc.storage.payments import NewRequest, add_refunded, find_requests, insert_requests
+from cbdc.storage.tables import payments, wallets
 from cbdc.storage.wallets import (
     KeyRow,
     WalletRow,
@@ -112,7 +111,12 @@ class PaymentRequest:
     expires_at: datetime
     status: str
     envelope: Envelope
-    qr: str
+
+    @property
+    def qr(self) -> str:
+        """The text to show as a QR code (made on demand: batches record many requests whose
+        QR text nobody reads back)."""
+        return encode_qr(self.envelope)
 
 
 def create_payment_request(context: LedgerContext, envelope: Mapping[str, Any]) -> PaymentRequest:
@@ -157,7 +161,7 @@ class _RequestBatch:
     merchants: dict[str, WalletRow]
     keys: dict[str, KeyRow]
     known: dict[str, _Known]
-    new_rows: list[dict[str, Any]] = field(default_factory=list)
+    new_rows: list[NewRequest] = field(default_factory=list)
 
 
 def _create_requests(
@@ -186,8 +190,7 @@ def _create_requests(
     if authentic is not None:
         _create_requests(context, connection, authentic, answers, all_verified(authentic))
         return
-    if batch.new_rows:
-        connection.execute(insert(payment_requests), batch.new_rows)
+    insert_requests(connection, batch.new_rows)
 
 
 def _check_request(batch: _RequestBatch, item: _RequestItem, now: datetime) -> PaymentRequest:
@@ -210,21 +213,15 @@ def _check_request(batch: _RequestBatch, item: _RequestItem, now: datetime) -> P
     created = PaymentRequest(
         request_id=message["request_id"], merchant=merchant.wallet_id,
         amount_fen=message["amount_fen"], reference=message["reference"],
-        expires_at=expires_at, status="open", envelope=stored, qr=encode_qr(stored),
+        expires_at=expires_at, status="open", envelope=stored,
     )
     batch.known[created.request_id] = (item.signed.message_hash, created)
-    batch.new_rows.append({
-        "request_id": created.request_id,
-        "merchant_wallet_id": merchant.id,
-        "key_id": key.id,
-        "amount_fen": created.amount_fen,
-        "reference": created.reference,
-        "expires_at": expires_at,
-        "message_hash": item.signed.message_hash,
-        "envelope_json": canonical_json(stored).decode("ascii"),
-        "status": "open",
-        "created_at": now,
-    })
+    batch.new_rows.append(NewRequest(
+        request_id=created.request_id, merchant_wallet_row_id=merchant.id, key_id=key.id,
+        amount_fen=created.amount_fen, reference=created.reference, expires_at=expires_at,
+        message_hash=item.signed.message_hash,
+        envelope_json=canonical_json(stored).decode("ascii"), created_at=now,
+    ))
     return created
 
 
@@ -254,25 +251,14 @@ def get_payment_request(context: LedgerContext, request_id: str) -> PaymentReque
 
 
 def _find_requests(connection: Connection, request_ids: set[str]) -> dict[str, _Known]:
-    rows = connection.execute(
-        select(payment_requests, wallets.c.wallet_id.label("merchant"))
-        .join(wallets, wallets.c.id == payment_requests.c.merchant_wallet_id)
-        .where(payment_requests.c.request_id.in_(sorted(request_ids)))
-    )
-    found = {}
-    for row in rows:
-        envelope: Envelope = json.loads(row.envelope_json)
-        found[row.request_id] = (row.message_hash, PaymentRequest(
-            request_id=row.request_id,
-            merchant=row.merchant,
-            amount_fen=row.amount_fen,
-            reference=row.reference,
-            expires_at=as_utc(row.expires_at),
-            status=row.status,
-            envelope=envelope,
-            qr=encode_qr(envelope),
+    return {
+        request_id: (row.message_hash, PaymentRequest(
+            request_id=row.request_id, merchant=row.merchant, amount_fen=row.amount_fen,
+            reference=row.reference, expires_at=row.expires_at, status=row.status,
+            envelope=json.loads(row.envelope_json),
         ))
-    return found
+        for request_id, row in find_requests(connection, request_ids).items()
+    }
 
 
 def capture_payment_code(

@@ -42,13 +42,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection
 
 from cbdc.domain.errors import (
     CbdcError,
@@ -91,17 +91,23 @@ from cbdc.services.wallets import (
 )
 from cbdc.storage.journal import PostedEntry, post_entries
 from cbdc.storage.payments import (
+    NewCode,
     NewPayment,
     PaymentRecord,
+    RequestRecord,
+    account_balances,
     find_payment,
     find_payments,
+    find_requests,
+    insert_codes,
     insert_payment,
     insert_payments,
+    mark_requests_paid,
     save_key_sequences,
     save_usage,
     save_usages,
+    used_codes,
 )
-from cbdc.storage.tables import accounts, payment_codes, payment_requests, wallets
 from cbdc.storage.wallets import KeyRow, WalletRow, load_keys, load_wallets, wallet_not_found
 
 
@@ -244,7 +250,7 @@ class _Batch:
     wallets: dict[str, WalletRow]
     keys: dict[str, KeyRow]
     recorded: dict[str, PaymentRecord]
-    requests: dict[str, Any]
+    requests: dict[str, RequestRecord]
     codes_used: set[str]
     floats: dict[int, int]
     in_batch: dict[str, tuple[str, int]] = field(default_factory=dict)
@@ -288,12 +294,13 @@ def _load_batch(connection: Connection, items: list[_Item]) -> _Batch:
                              lock=True, require_all=False),
         keys=load_keys(connection, [m["public_key"] for m in messages + codes], lock=True),
         recorded=find_payments(connection, sorted({item.settlement_id for item in items})),
-        requests=_load_requests(connection, {m["request_id"] for m in messages
-                                             if "request_id" in m}),
-        codes_used=_used_codes(connection, {code["code_id"] for code in codes}),
+        requests=find_requests(connection, {m["request_id"] for m in messages
+                                            if "request_id" in m}),
+        codes_used=used_codes(connection, {code["code_id"] for code in codes}),
         floats={},
     )
-    batch.floats = _float_balances(connection, batch.wallets.values())
+    batch.floats = account_balances(
+        connection, {row.operator_float_account_id for row in batch.wallets.values()})
     return batch
 
 
@@ -458,68 +465,29 @@ def _record(
     save_key_sequences(
         connection, {batch.keys[k].id: sequence for k, sequence in batch.sequences.items()}
     )
-    _mark_requests_paid(connection, batch, row_ids)
-    _record_codes(connection, batch, [each for each in accepted if each.item.code], row_ids)
+    mark_requests_paid(connection, {batch.requests[request_id].id: row_ids[payment_id]
+                                    for request_id, payment_id in batch.requests_paid.items()})
+    insert_codes(connection, [_code_row(batch, each, row_ids[each.item.settlement_id])
+                              for each in accepted if each.item.code is not None])
 
 
-def _mark_requests_paid(connection: Connection, batch: _Batch, row_ids: dict[str, int]) -> None:
-    if batch.requests_paid:
-        connection.execute(
-            update(payment_requests)
-            .where(payment_requests.c.id == bindparam("request_row_id"))
-            .values(status="paid", paid_payment_id=bindparam("payment_row_id")),
-            [
-                {"request_row_id": batch.requests[request_id].id,
-                 "payment_row_id": row_ids[payment_id]}
-                for request_id, payment_id in batch.requests_paid.items()
-            ],
-        )
-
-
-def _record_codes(
-    connection: Connection, batch: _Batch, captures: list[_Accepted], row_ids: dict[str, int]
-) -> None:
-    """The captured codes' rows: their unique code id refuses a second capture, forever."""
-    rows = []
-    for each in captures:
-        assert each.item.code is not None
-        code = each.item.code
-        message = code.message
-        rows.append({
-            "code_id": message["code_id"],
-            "payer_wallet_id": each.payer.id,
-            "merchant_wallet_id": each.payee.id if "merchant" in message else None,
-            "key_id": batch.keys[message["public_key"]].id,
-            "max_amount_fen": message["max_amount_fen"],
-            "expires_at": parse_time(message["expires_at"], field_name="expires_at"),
-            "message_json": code.message_json,
-            "message_hash": code.message_hash,
-            "signature": code.signature,
-            "captured_payment_id": row_ids[each.item.settlement_id],
-            "captured_fen": each.plan.amount_fen,
-        })
-    if rows:
-        connection.execute(insert(payment_codes), rows)
-
-
-def _used_codes(connection: Connection, code_ids: set[str]) -> set[str]:
-    if not code_ids:
-        return set()
-    found = connection.execute(
-        select(payment_codes.c.code_id).where(payment_codes.c.code_id.in_(sorted(code_ids)))
+def _code_row(batch: _Batch, capture: _Accepted, payment_row_id: int) -> NewCode:
+    code = capture.item.code
+    assert code is not None
+    message = code.message
+    return NewCode(
+        code_id=message["code_id"],
+        payer_wallet_row_id=capture.payer.id,
+        merchant_wallet_row_id=capture.payee.id if "merchant" in message else None,
+        key_id=batch.keys[message["public_key"]].id,
+        max_amount_fen=message["max_amount_fen"],
+        expires_at=parse_time(message["expires_at"], field_name="expires_at"),
+        message_json=code.message_json,
+        message_hash=code.message_hash,
+        signature=code.signature,
+        captured_payment_row_id=payment_row_id,
+        captured_fen=capture.plan.amount_fen,
     )
-    return set(found.scalars())
-
-
-def _float_balances(connection: Connection, rows: Iterable[WalletRow]) -> dict[int, int]:
-    """Balances of the operator floats that waterfalls may draw on or sweep to."""
-    account_ids = sorted({row.operator_float_account_id for row in rows})
-    if not account_ids:
-        return {}
-    found = connection.execute(
-        select(accounts.c.id, accounts.c.balance_fen).where(accounts.c.id.in_(account_ids))
-    )
-    return {int(row.id): int(row.balance_fen) for row in found}
 
 
 def check_ledger(context: LedgerContext, message: Message) -> None:
@@ -563,24 +531,6 @@ def check_signing_key(key: KeyRow | None, signer: WalletRow) -> KeyRow:
     return key
 
 
-def _load_requests(connection: Connection, request_ids: set[str]) -> dict[str, Any]:
-    if not request_ids:
-        return {}
-    rows = connection.execute(
-        select(
-            payment_requests.c.id,
-            payment_requests.c.request_id,
-            payment_requests.c.amount_fen,
-            payment_requests.c.status,
-            payment_requests.c.expires_at,
-            wallets.c.wallet_id.label("merchant"),
-        )
-        .join(wallets, wallets.c.id == payment_requests.c.merchant_wallet_id)
-        .where(payment_requests.c.request_id.in_(sorted(request_ids)))
-    )
-    return {row.request_id: row for row in rows}
-
-
 def _check_request(batch: _Batch, message: Message, now: datetime) -> None:
     request_id = message["request_id"]
     row = batch.requests.get(request_id)
@@ -594,7 +544,7 @@ def _check_request(batch: _Batch, message: Message, now: datetime) -> None:
     if row.status != "open" or request_id in batch.requests_paid:
         raise Conflict(f"payment request {request_id} is already paid",
                        code="payment_request_paid")
-    if now >= as_utc(row.expires_at):
+    if now >= row.expires_at:
         raise StatusRefused(f"payment request {request_id} has expired",
                             code="payment_request_expired")
 
