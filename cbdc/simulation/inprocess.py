@@ -19,7 +19,7 @@ from sqlalchemy import Connection, func, select
 from cbdc.clock import ManualClock
 from cbdc.domain.errors import CbdcError, Conflict
 from cbdc.domain.identity import IdentityEvidence
-from cbdc.services import funding, keys, merchants, offline, payments, wallets
+from cbdc.services import funding, merchants, offline, payments, wallets
 from cbdc.services.audit import run_audit
 from cbdc.services.context import LedgerContext
 from cbdc.services.issuance_run import Plan, RunReport, execute_plan
@@ -42,8 +42,9 @@ from cbdc.storage.tables import journal_entries
 
 _T = TypeVar("_T")
 
-#: Commands that set the stage for a batch's payments: run first, each at its own moment.
-_STAGE = (OpenWallet, TopUp, PresentRequest)
+#: Commands that set the stage for a batch's payments: run first, each at its own moment (the
+#: wallets of a batch open before them, its top-ups come after them, see ``submit``).
+_STAGE = (PresentRequest,)
 
 
 class InProcessLedger:
@@ -69,23 +70,31 @@ class InProcessLedger:
         return execute_plan(self.context, plan)
 
     def submit(self, batch: Sequence[Timed]) -> list[Outcome]:
-        """One unit of work: first what sets the stage (wallets, top-ups, payment requests),
-        each at its own moment; then every signed payment in one :func:`settle_payments` call,
-        and the rest (captures, refunds, withdrawals) in order, all at the batch's last moment:
-        the ledger settles a batch when its window closes. Credits all come before debits, so
-        no payer the driver funded can be short because of the grouping."""
+        """One unit of work: first what sets the stage: the batch's wallets open (with their
+        keys) in one :func:`open_wallets` call at the batch's first moment, payment requests
+        are presented each at its own moment, top-ups are made in one :func:`top_ups` call;
+        then every signed payment in one :func:`settle_payments` call, the rest (captures,
+        refunds) in order, and the withdrawals in one :func:`withdrawals` call. All but the
+        first two happen at the batch's last moment: the ledger settles a batch when its window
+        closes, and its clock never goes back. Credits all come before debits, so no payer the
+        driver funded (nor a merchant sweeping its takings) can be short because of the
+        grouping."""
         outcomes: list[Outcome | None] = [None] * len(batch)
         settles_at = max((timed.at for timed in batch), default=None)
         with self.context.write() as connection:
+            self._open_wallets(batch, outcomes)
             for index, timed in enumerate(batch):
                 if isinstance(timed.command, _STAGE):
                     outcomes[index] = self._one(connection, timed.at, timed.command)
             if settles_at is not None:
+                self._funding(batch, outcomes, TopUp, settles_at)
                 self._payments(connection, batch, outcomes, settles_at)
             for index, timed in enumerate(batch):
-                if outcomes[index] is None:
+                if outcomes[index] is None and not isinstance(timed.command, Withdraw):
                     outcomes[index] = self._one(connection, settles_at or timed.at,
                                                 timed.command)
+            if settles_at is not None:
+                self._funding(batch, outcomes, Withdraw, settles_at)
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
 
@@ -122,6 +131,31 @@ class InProcessLedger:
             outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
                                else _settled(result))
 
+    def _open_wallets(self, batch: Sequence[Timed], outcomes: list[Outcome | None]) -> None:
+        chosen = [(index, timed.command) for index, timed in enumerate(batch)
+                  if isinstance(timed.command, OpenWallet)]
+        if not chosen:
+            return
+        self.clock.set(min(timed.at for timed in batch))
+        results = wallets.open_wallets(self.context, [_opening(command) for _, command in chosen])
+        for (index, _), result in zip(chosen, results, strict=True):
+            outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
+                               else Outcome(ok=True))
+
+    def _funding(self, batch: Sequence[Timed], outcomes: list[Outcome | None],
+                 kind: type[TopUp] | type[Withdraw], settles_at: datetime) -> None:
+        chosen = [(index, timed.command) for index, timed in enumerate(batch)
+                  if isinstance(timed.command, kind)]
+        if not chosen:
+            return
+        self.clock.set(settles_at)
+        move = funding.top_ups if kind is TopUp else funding.withdrawals
+        results = move(self.context, [funding.Funding(c.entry_id, c.wallet_id, c.amount_fen)
+                                      for _, c in chosen])
+        for (index, _), result in zip(chosen, results, strict=True):
+            outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
+                               else Outcome(ok=True, replayed=result.replayed))
+
     def _apply(self, command: Command) -> Outcome:
         context = self.context
         if isinstance(command, PresentRequest):
@@ -132,35 +166,7 @@ class InProcessLedger:
                                                            command.capture))
         if isinstance(command, Refund):
             return _settled(merchants.refund(context, command.refund))
-        if isinstance(command, TopUp):
-            posted = funding.top_up(context, command.entry_id, command.wallet_id,
-                                    command.amount_fen)
-            return Outcome(ok=True, replayed=posted.replayed)
-        if isinstance(command, Withdraw):
-            posted = funding.withdraw(context, command.entry_id, command.wallet_id,
-                                      command.amount_fen)
-            return Outcome(ok=True, replayed=posted.replayed)
-        if isinstance(command, OpenWallet):
-            return self._open(command)
         raise AssertionError(f"unknown command {command!r}")
-
-    def _open(self, command: OpenWallet) -> Outcome:
-        holder = command.holder
-        wallets.open_wallet(
-            self.context,
-            command.wallet_id,
-            operator_code=command.operator_code,
-            evidence=IdentityEvidence(
-                phone=holder.phone, id_document=holder.id_document,
-                bank_account=holder.bank_account, in_person=holder.in_person,
-            ),
-            zone=command.zone,
-            wallet_class=command.wallet_class,
-            holder_kind="corporate" if command.merchant_category_code else "personal",
-            merchant_category_code=command.merchant_category_code,
-        )
-        keys.enrol_key(self.context, command.wallet_id, command.public_key_hex)
-        return Outcome(ok=True)
 
     def supply(self, hour: int) -> SupplySample:
         report = supply_report(self.context)
@@ -221,6 +227,23 @@ class InProcessLedger:
 
     def close(self) -> None:
         self.context.dispose()
+
+
+def _opening(command: OpenWallet) -> wallets.WalletOpening:
+    holder = command.holder
+    return wallets.WalletOpening(
+        command.wallet_id,
+        operator_code=command.operator_code,
+        evidence=IdentityEvidence(
+            phone=holder.phone, id_document=holder.id_document,
+            bank_account=holder.bank_account, in_person=holder.in_person,
+        ),
+        zone=command.zone,
+        wallet_class=command.wallet_class,
+        holder_kind="corporate" if command.merchant_category_code else "personal",
+        merchant_category_code=command.merchant_category_code,
+        public_key_hex=command.public_key_hex,
+    )
 
 
 def _settled(settlement: payments.Settlement) -> Outcome:
