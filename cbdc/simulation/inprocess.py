@@ -41,6 +41,8 @@ from cbdc.simulation.ports import (
 from cbdc.storage.tables import journal_entries
 
 _T = TypeVar("_T")
+_C = TypeVar("_C")
+_R = TypeVar("_R")
 
 #: Commands that set the stage for a batch's payments: run first, each at its own moment (the
 #: wallets of a batch open before them, its top-ups come after them, see ``submit``).
@@ -132,29 +134,37 @@ class InProcessLedger:
                                else _settled(result))
 
     def _open_wallets(self, batch: Sequence[Timed], outcomes: list[Outcome | None]) -> None:
-        chosen = [(index, timed.command) for index, timed in enumerate(batch)
-                  if isinstance(timed.command, OpenWallet)]
-        if not chosen:
-            return
-        self.clock.set(min(timed.at for timed in batch))
-        results = wallets.open_wallets(self.context, [_opening(command) for _, command in chosen])
-        for (index, _), result in zip(chosen, results, strict=True):
-            outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
-                               else Outcome(ok=True))
+        self._in_one_call(
+            batch, outcomes, OpenWallet, min((timed.at for timed in batch), default=None),
+            lambda commands: wallets.open_wallets(self.context, [_opening(c) for c in commands]),
+            lambda _: Outcome(ok=True),
+        )
 
     def _funding(self, batch: Sequence[Timed], outcomes: list[Outcome | None],
                  kind: type[TopUp] | type[Withdraw], settles_at: datetime) -> None:
+        move = funding.top_ups if kind is TopUp else funding.withdrawals
+        self._in_one_call(
+            batch, outcomes, kind, settles_at,
+            lambda commands: move(self.context, [
+                funding.Funding(c.entry_id, c.wallet_id, c.amount_fen) for c in commands]),
+            lambda posted: Outcome(ok=True, replayed=posted.replayed),
+        )
+
+    def _in_one_call(
+        self, batch: Sequence[Timed], outcomes: list[Outcome | None], kind: type[_C],
+        at: datetime | None, call: Callable[[list[_C]], Sequence[_R | CbdcError]],
+        answer: Callable[[_R], Outcome],
+    ) -> None:
+        """The batch's commands of ``kind`` in one service call at ``at``, refusals and all."""
         chosen = [(index, timed.command) for index, timed in enumerate(batch)
                   if isinstance(timed.command, kind)]
-        if not chosen:
+        if not chosen or at is None:
             return
-        self.clock.set(settles_at)
-        move = funding.top_ups if kind is TopUp else funding.withdrawals
-        results = move(self.context, [funding.Funding(c.entry_id, c.wallet_id, c.amount_fen)
-                                      for _, c in chosen])
+        self.clock.set(at)
+        results = call([command for _, command in chosen])
         for (index, _), result in zip(chosen, results, strict=True):
             outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
-                               else Outcome(ok=True, replayed=result.replayed))
+                               else answer(result))
 
     def _apply(self, command: Command) -> Outcome:
         context = self.context
