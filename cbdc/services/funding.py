@@ -132,21 +132,21 @@ def _fund_round(
     direction: Direction,
     results: list[FundingResult | None],
 ) -> None:
-    drafted: list[tuple[int, WalletRow, EntryDraft]] = []
+    drafted: list[tuple[int, Funding, WalletRow, EntryDraft]] = []
     for index, item in round_:
         row = rows.get(item.wallet_id)
         if row is None:
             results[index] = wallet_not_found(item.wallet_id)
         else:
-            drafted.append((index, row, _draft(direction, item, row)))
-    firsts = recorded_entries(connection, [draft for _, _, draft in drafted])
+            drafted.append((index, item, row, _draft(direction, item, row)))
+    firsts = recorded_entries(connection, [draft for *_, draft in drafted])
     to_post: list[tuple[int, EntryDraft]] = []
-    for (index, row, draft), first in zip(drafted, firsts, strict=True):
+    for (index, item, row, draft), first in zip(drafted, firsts, strict=True):
         if first is not None:
             results[index] = first
             continue
         try:
-            _check(context, row, draft, direction)
+            _check(context, row, item.amount_fen if direction == "top_up" else 0)
         except CbdcError as error:
             results[index] = error
             continue
@@ -158,12 +158,10 @@ def _fund_round(
             results[index] = result
 
 
-def _check(context: LedgerContext, row: WalletRow, draft: EntryDraft,
-           direction: Direction) -> None:
+def _check(context: LedgerContext, row: WalletRow, incoming_fen: int) -> None:
     """The wallet's own rules, after the repeat check and before the journal's."""
     check_active(row)
-    if direction == "top_up":
-        incoming_fen = next(p.amount_fen for p in draft.postings if p.account_id == row.account_id)
+    if incoming_fen:
         check_incoming(effective_limits(context, row), row.balance_fen, incoming_fen)
 
 

@@ -75,8 +75,10 @@ def check_operator_code(code: str) -> str:
 
 def check_operator_name(name: object) -> str:
     """1-200 characters of text that prints as it reads: no control characters (C0, DEL, C1: a
-    line feed or NUL would corrupt reports, logs and the CSV exports that show the name, and
-    PostgreSQL refuses NUL), lone surrogates or bidirectional overrides. ``name_invalid``."""
+    line feed or an escape sequence would forge lines in reports and logs that show the name,
+    and PostgreSQL refuses NUL), lone surrogates or bidirectional overrides (the rule of
+    :func:`cbdc.domain.messages.check_text`). The API's schema refuses the C0 controls before
+    this; the CLI's issuance plans reach here directly. ``name_invalid``."""
     if not isinstance(name, str) or not 1 <= len(name) <= OPERATOR_NAME_LENGTH_MAX:
         raise InvalidRequest(
             f"operator name must be 1-{OPERATOR_NAME_LENGTH_MAX} characters", code="name_invalid"
