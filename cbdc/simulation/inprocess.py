@@ -19,7 +19,7 @@ from sqlalchemy import Connection, func, select
 from cbdc.clock import ManualClock
 from cbdc.domain.errors import CbdcError, Conflict
 from cbdc.domain.identity import IdentityEvidence
-from cbdc.services import funding, keys, merchants, offline, payments, wallets
+from cbdc.services import funding, merchants, offline, payments, wallets
 from cbdc.services.audit import run_audit
 from cbdc.services.context import LedgerContext
 from cbdc.services.issuance_run import Plan, RunReport, execute_plan
@@ -41,9 +41,9 @@ from cbdc.simulation.ports import (
 from cbdc.storage.tables import journal_entries
 
 _T = TypeVar("_T")
+_C = TypeVar("_C")
+_R = TypeVar("_R")
 
-#: Commands that set the stage for a batch's payments: run first, each at its own moment.
-_STAGE = (OpenWallet, TopUp)
 
 
 class InProcessLedger:
@@ -69,24 +69,29 @@ class InProcessLedger:
         return execute_plan(self.context, plan)
 
     def submit(self, batch: Sequence[Timed]) -> list[Outcome]:
-        """One unit of work: first what sets the stage (wallets, top-ups), each at its own
-        moment, and the payment requests, all in one call; then every signed payment and capture
-        in one :func:`settle_batch` call, and the rest (refunds, withdrawals) in order, all at the
-        batch's last moment: the ledger settles a batch when its window closes. Credits all come
-        before debits, so no payer the driver funded can be short because of the grouping."""
+        """One unit of work, in this order: the batch's wallets open (with their keys) in one
+        :func:`open_wallets` call at the batch's first moment; its payment requests are
+        presented in one call at the first one's moment (no later than any was signed, so none
+        has expired yet); then, at the batch's last moment (the ledger settles a batch when its
+        window closes), its top-ups in one :func:`top_ups` call, every signed payment and
+        capture in one :func:`settle_batch` call, the refunds one by one, and the withdrawals in
+        one :func:`withdrawals` call. The clock never goes back, and credits all come before
+        debits, so no payer the driver funded (nor a merchant sweeping its takings) can be short
+        because of the grouping."""
         outcomes: list[Outcome | None] = [None] * len(batch)
         settles_at = max((timed.at for timed in batch), default=None)
         with self.context.write() as connection:
-            for index, timed in enumerate(batch):
-                if isinstance(timed.command, _STAGE):
-                    outcomes[index] = self._one(connection, timed.at, timed.command)
-            self._requests(connection, batch, outcomes)
+            self._open_wallets(batch, outcomes)
+            self._requests(batch, outcomes)
             if settles_at is not None:
+                self._funding(batch, outcomes, TopUp, settles_at)
                 self._payments(connection, batch, outcomes, settles_at)
             for index, timed in enumerate(batch):
-                if outcomes[index] is None:
+                if outcomes[index] is None and not isinstance(timed.command, Withdraw):
                     outcomes[index] = self._one(connection, settles_at or timed.at,
                                                 timed.command)
+            if settles_at is not None:
+                self._funding(batch, outcomes, Withdraw, settles_at)
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
 
@@ -105,22 +110,15 @@ class InProcessLedger:
         savepoint.commit()
         return outcome
 
-    def _requests(
-        self, connection: Connection, batch: Sequence[Timed], outcomes: list[Outcome | None]
-    ) -> None:
-        """Every payment request of the batch in one call, at the first one's moment: no later
-        than any of them was signed, so none has expired yet (each expires after its creation)."""
-        requests = [(index, timed.at, timed.command.request) for index, timed in enumerate(batch)
-                    if isinstance(timed.command, PresentRequest)]
-        if not requests:
-            return
-        self.clock.set(requests[0][1])
-        with connection.begin_nested():
-            results = merchants.create_payment_requests(
-                self.context, [request for _, _, request in requests])
-        for (index, _, _), result in zip(requests, results, strict=True):
-            outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
-                               else Outcome(ok=True))
+    def _requests(self, batch: Sequence[Timed], outcomes: list[Outcome | None]) -> None:
+        self._in_one_call(
+            batch, outcomes, PresentRequest,
+            next((timed.at for timed in batch if isinstance(timed.command, PresentRequest)),
+                 None),
+            lambda commands: merchants.create_payment_requests(
+                self.context, [command.request for command in commands]),
+            lambda _: Outcome(ok=True),
+        )
 
     def _payments(
         self, connection: Connection, batch: Sequence[Timed], outcomes: list[Outcome | None],
@@ -145,39 +143,44 @@ class InProcessLedger:
             outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
                                else _settled(result))
 
+    def _open_wallets(self, batch: Sequence[Timed], outcomes: list[Outcome | None]) -> None:
+        self._in_one_call(
+            batch, outcomes, OpenWallet, min((timed.at for timed in batch), default=None),
+            lambda commands: wallets.open_wallets(self.context, [_opening(c) for c in commands]),
+            lambda _: Outcome(ok=True),
+        )
+
+    def _funding(self, batch: Sequence[Timed], outcomes: list[Outcome | None],
+                 kind: type[TopUp] | type[Withdraw], settles_at: datetime) -> None:
+        move = funding.top_ups if kind is TopUp else funding.withdrawals
+        self._in_one_call(
+            batch, outcomes, kind, settles_at,
+            lambda commands: move(self.context, [
+                funding.Funding(c.entry_id, c.wallet_id, c.amount_fen) for c in commands]),
+            lambda posted: Outcome(ok=True, replayed=posted.replayed),
+        )
+
+    def _in_one_call(
+        self, batch: Sequence[Timed], outcomes: list[Outcome | None], kind: type[_C],
+        at: datetime | None, call: Callable[[list[_C]], Sequence[_R | CbdcError]],
+        answer: Callable[[_R], Outcome],
+    ) -> None:
+        """The batch's commands of ``kind`` in one service call at ``at``, refusals and all."""
+        chosen = [(index, timed.command) for index, timed in enumerate(batch)
+                  if isinstance(timed.command, kind)]
+        if not chosen or at is None:
+            return
+        self.clock.set(at)
+        results = call([command for _, command in chosen])
+        for (index, _), result in zip(chosen, results, strict=True):
+            outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
+                               else answer(result))
+
     def _apply(self, command: Command) -> Outcome:
         context = self.context
         if isinstance(command, Refund):
             return _settled(merchants.refund(context, command.refund))
-        if isinstance(command, TopUp):
-            posted = funding.top_up(context, command.entry_id, command.wallet_id,
-                                    command.amount_fen)
-            return Outcome(ok=True, replayed=posted.replayed)
-        if isinstance(command, Withdraw):
-            posted = funding.withdraw(context, command.entry_id, command.wallet_id,
-                                      command.amount_fen)
-            return Outcome(ok=True, replayed=posted.replayed)
-        if isinstance(command, OpenWallet):
-            return self._open(command)
         raise AssertionError(f"unknown command {command!r}")
-
-    def _open(self, command: OpenWallet) -> Outcome:
-        holder = command.holder
-        wallets.open_wallet(
-            self.context,
-            command.wallet_id,
-            operator_code=command.operator_code,
-            evidence=IdentityEvidence(
-                phone=holder.phone, id_document=holder.id_document,
-                bank_account=holder.bank_account, in_person=holder.in_person,
-            ),
-            zone=command.zone,
-            wallet_class=command.wallet_class,
-            holder_kind="corporate" if command.merchant_category_code else "personal",
-            merchant_category_code=command.merchant_category_code,
-        )
-        keys.enrol_key(self.context, command.wallet_id, command.public_key_hex)
-        return Outcome(ok=True)
 
     def supply(self, hour: int) -> SupplySample:
         report = supply_report(self.context)
@@ -238,6 +241,23 @@ class InProcessLedger:
 
     def close(self) -> None:
         self.context.dispose()
+
+
+def _opening(command: OpenWallet) -> wallets.WalletOpening:
+    holder = command.holder
+    return wallets.WalletOpening(
+        command.wallet_id,
+        operator_code=command.operator_code,
+        evidence=IdentityEvidence(
+            phone=holder.phone, id_document=holder.id_document,
+            bank_account=holder.bank_account, in_person=holder.in_person,
+        ),
+        zone=command.zone,
+        wallet_class=command.wallet_class,
+        holder_kind="corporate" if command.merchant_category_code else "personal",
+        merchant_category_code=command.merchant_category_code,
+        public_key_hex=command.public_key_hex,
+    )
 
 
 def _settled(settlement: payments.Settlement) -> Outcome:
