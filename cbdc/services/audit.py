@@ -136,17 +136,21 @@ def _check_journal(
     return streamed
 
 
+def _subject(row: Any) -> str:
+    return f"entry {row.seq} ({row.entry_id})"
+
+
 def _check_entry(row: Any, legs: list[Posting], streamed: _Streamed, report: AuditReport) -> None:
-    subject = f"entry {row.seq} ({row.entry_id})"
     if row.seq != streamed.last_seq + 1:
         missing = row.seq - streamed.last_seq - 1
         report.findings.append(
             Finding("entry_missing", f"entry {streamed.last_seq + 1}",
-                    f"{missing} entr{'y' if missing == 1 else 'ies'} missing before {subject}")
+                    f"{missing} entr{'y' if missing == 1 else 'ies'} missing before "
+                    f"{_subject(row)}")
         )
     if row.prev_hash != streamed.last_hash:
         report.findings.append(
-            Finding("chain_broken", subject,
+            Finding("chain_broken", _subject(row),
                     f"prev_hash {row.prev_hash[:16]}... does not link to the entry before it "
                     f"({streamed.last_hash[:16]}...)")
         )
@@ -159,13 +163,13 @@ def _check_entry(row: Any, legs: list[Posting], streamed: _Streamed, report: Aud
     )
     if recomputed != row.entry_hash:
         report.findings.append(
-            Finding("entry_hash_mismatch", subject,
+            Finding("entry_hash_mismatch", _subject(row),
                     "the entry's content does not match its recorded hash (altered)")
         )
     total = sum(leg.amount_fen for leg in legs)
     if total != 0 or len(legs) < 2:
         report.findings.append(
-            Finding("entry_unbalanced", subject,
+            Finding("entry_unbalanced", _subject(row),
                     f"{len(legs)} postings summing to {total} fen", amount_fen=total)
         )
     for leg in legs:
