@@ -277,13 +277,17 @@ def verify_chain(
     device_certificate: DeviceCertificate,
     operator_certificate: OperatorCertificate,
     root_public_key: bytes,
+    *,
+    operator_verified: bool = False,
 ) -> None:
     """Check the signatures and links of root -> operator -> device (no time, no revocation).
 
-    Order: the operator certificate is signed by the pinned root; the device certificate names
-    that operator and is signed by its key; both are for the same ledger.
+    Order: the operator certificate is signed by the pinned root (skipped when the caller has
+    already verified this very certificate under this root: ``operator_verified``); the device
+    certificate names that operator and is signed by its key; both are for the same ledger.
     """
-    operator_certificate.check_signed_by(root_public_key)
+    if not operator_verified:
+        operator_certificate.check_signed_by(root_public_key)
     if (
         device_certificate.issuer != operator_certificate.operator_id
         or device_certificate.ledger_id != operator_certificate.ledger_id

@@ -97,6 +97,9 @@ class SecureElement:
         self._received: dict[str, VerifiedPayment] = {}
         self._settled: set[str] = set()
         self._last_seen: dict[str, tuple[int, str]] = {}
+        # Certificate chains (signed bytes and signatures) this device verified under its
+        # pinned root: a payee checks each payer's chain once, not at every payment.
+        self._verified_chains: set[tuple[bytes, bytes]] = set()
 
     # --- views ----------------------------------------------------------------------------
 
@@ -188,8 +191,10 @@ class SecureElement:
     def install_revocation_list(self, envelope: Any) -> RevocationSnapshot:
         """Install a newer root-signed revocation list; re-installing the current one is a
         no-op, an older or conflicting one is refused (``revocation_list_stale``)."""
-        snapshot = verify_revocation_list(envelope, self.root_public_key, self.ledger_id)
         current = self._revocations
+        if current.envelope is not None and envelope == current.envelope:
+            return current  # verified when it was installed
+        snapshot = verify_revocation_list(envelope, self.root_public_key, self.ledger_id)
         if snapshot.number == current.number and snapshot.envelope == current.envelope:
             return current
         if snapshot.number <= current.number:
@@ -349,7 +354,8 @@ class SecureElement:
         """
         certificate, _ = self._chain()
         payment = verify_offline_payment(
-            envelope, self.root_public_key, self._revocations, now, ledger_id=self.ledger_id
+            envelope, self.root_public_key, self._revocations, now, ledger_id=self.ledger_id,
+            verified_chains=self._verified_chains,
         )
         if (payment.payee_device, payment.payee_wallet) != (
             certificate.device_id,

@@ -57,7 +57,7 @@ from cbdc.offline import (
 from cbdc.offline.messages import parse_time
 from cbdc.offline.verification import check_payment_acceptable
 from cbdc.services.context import LedgerContext
-from cbdc.services.offline_keys import operator_authority, root_public_key
+from cbdc.services.offline_keys import issued_certificate, operator_authority, root_public_key
 from cbdc.services.wallets import check_active, party
 from cbdc.storage.journal import PostedEntry
 from cbdc.storage.offline import (
@@ -180,7 +180,7 @@ class SettlementRun:
                                            row.operator_registered_at)
             self.books[row.device_id] = DeviceBook(
                 row=row,
-                certificate=DeviceCertificate.from_envelope(json.loads(row.certificate_json)),
+                certificate=issued_certificate(row.certificate_json)[1],
                 operator_certificate=authority.certificate,
                 payments=by_device[row.id],
                 loads=loads[row.id],

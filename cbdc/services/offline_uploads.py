@@ -38,7 +38,6 @@ from sqlalchemy.exc import IntegrityError
 
 from cbdc.domain.errors import CbdcError
 from cbdc.domain.postings import EntryDraft, canonical_json
-from cbdc.offline import DeviceCertificate
 from cbdc.offline.batch import (
     Authenticated,
     Prepared,
@@ -52,7 +51,7 @@ from cbdc.offline.batch import (
 from cbdc.offline.messages import parse_time
 from cbdc.services.context import LedgerContext
 from cbdc.services.offline_devices import publish_pending_revocations
-from cbdc.services.offline_keys import operator_authority, root_public_key
+from cbdc.services.offline_keys import issued_certificate, operator_authority, root_public_key
 from cbdc.services.offline_settlement import SettlementRun
 from cbdc.storage.journal import post_entries
 from cbdc.storage.offline import (
@@ -61,6 +60,7 @@ from cbdc.storage.offline import (
     known_payments,
     load_devices,
     load_revocations,
+    stored_signatures,
 )
 from cbdc.storage.tables import offline_devices, offline_payments
 
@@ -203,27 +203,30 @@ def authenticate(
     context: LedgerContext, envelopes: Sequence[Any]
 ) -> list[Authenticated | Refusal]:
     """Each envelope's :class:`Authenticated` or :class:`Refusal`, in order. Envelopes with the
-    very certificates the ledger issued to the device they name are checked here and their
-    signatures verified on threads, chunk by chunk while the next chunk is prepared; any other
-    envelope is authenticated in full, on worker processes for large batches."""
-    chains = _trusted_chains(context, envelopes)
+    very certificates the ledger issued to the device they name are checked here, chunk by
+    chunk; a payment the ledger already holds with this very signature needs no second check
+    (its signed bytes and signature are those verified when it was stored), the others' are
+    verified on threads while the next chunk is prepared. Any other envelope is authenticated
+    in full, on worker processes for large batches."""
     results: list[Authenticated | Refusal | None] = [None] * len(envelopes)
-    prepared: list[tuple[int, Prepared]] = []
     others: list[int] = []
     chunks: list[tuple[list[tuple[int, Prepared]], Future[list[bool]]]] = []
-    for index, envelope in enumerate(envelopes):
-        outcome = prepare_trusted(envelope, chains)
-        if outcome is None:
-            others.append(index)
-        elif isinstance(outcome, Refusal):
-            results[index] = outcome
-        else:
-            prepared.append((index, outcome))
-            if len(prepared) == VERIFY_CHUNK:
-                chunks.append(_submit(prepared))
-                prepared = []
-    if prepared:
-        chunks.append(_submit(prepared))
+    with context.read() as connection:
+        chains = _trusted_chains(context, connection, envelopes)
+        prepared: list[tuple[int, Prepared]] = []
+        for index, envelope in enumerate(envelopes):
+            outcome = prepare_trusted(envelope, chains)
+            if outcome is None:
+                others.append(index)
+            elif isinstance(outcome, Refusal):
+                results[index] = outcome
+            else:
+                prepared.append((index, outcome))
+                if len(prepared) == VERIFY_CHUNK:
+                    chunks.append(_submit(connection, prepared))
+                    prepared = []
+        if prepared:
+            chunks.append(_submit(connection, prepared))
     full = _authenticate_in_full(context, [envelopes[i] for i in others])
     for index, result in zip(others, full, strict=True):
         results[index] = result
@@ -235,30 +238,42 @@ def authenticate(
 
 
 def _submit(
-    items: list[tuple[int, Prepared]]
+    connection: Connection, items: list[tuple[int, Prepared]]
 ) -> tuple[list[tuple[int, Prepared]], Future[list[bool]]]:
-    triples = [item.triple() for _, item in items]
-    if len(items) < PARALLEL_VERIFY_MIN:
+    """Verdicts on a chunk's signatures: those stored with the payment already, the others
+    verified (on a thread for a long chunk)."""
+    stored = stored_signatures(connection, [item.payment_hash for _, item in items])
+    fresh = [position for position, (_, item) in enumerate(items)
+             if stored.get(item.payment_hash) != item.signature.hex()]
+    triples = [items[position][1].triple() for position in fresh]
+
+    def verdicts(checked: list[bool]) -> list[bool]:
+        answer = [True] * len(items)
+        for position, valid in zip(fresh, checked, strict=True):
+            answer[position] = valid
+        return answer
+
+    if len(triples) < PARALLEL_VERIFY_MIN:
         done: Future[list[bool]] = Future()
-        done.set_result(verify_signatures(triples))
+        done.set_result(verdicts(verify_signatures(triples)))
         return items, done
-    return items, _VERIFIERS.submit(verify_signatures, triples)
+    return items, _VERIFIERS.submit(lambda: verdicts(verify_signatures(triples)))
 
 
-def _trusted_chains(context: LedgerContext, envelopes: Sequence[Any]) -> dict[str, TrustedChain]:
+def _trusted_chains(
+    context: LedgerContext, connection: Connection, envelopes: Sequence[Any]
+) -> dict[str, TrustedChain]:
     """The certificate pairs the ledger issued to the devices the envelopes name."""
     named = {envelope["message"].get("payer_device") for envelope in envelopes
              if isinstance(envelope, Mapping) and isinstance(envelope.get("message"), Mapping)}
-    with context.read() as connection:
-        devices = load_devices(connection, {d for d in named if isinstance(d, str)})
+    devices = load_devices(connection, {d for d in named if isinstance(d, str)})
     chains = {}
     for device in devices.values():
-        stored = json.loads(device.certificate_json)
+        stored, certificate = issued_certificate(device.certificate_json)
         authority = operator_authority(context, device.operator_code,
                                        device.operator_registered_at)
-        chains[device.device_id] = TrustedChain(
-            DeviceCertificate.from_envelope(stored), stored,
-            authority.certificate.to_envelope())
+        chains[device.device_id] = TrustedChain(certificate, stored,
+                                                authority.certificate.to_envelope())
     return chains
 
 
