@@ -417,3 +417,30 @@ def test_a_payee_told_of_a_revocation_by_an_earlier_upload_of_the_batch(
     assert isinstance(card, offline.UploadReport)
     assert [(o.status, o.code) for o in card.outcomes] == [("unpaid", "certificate_revoked")]
     twins.same_rows()
+
+
+def test_a_held_payment_is_verified_again_unless_its_signature_is_the_one_held(
+    ledger: LedgerContext,
+) -> None:
+    """The ledger does not verify again a payment it holds with this very signature (the same
+    signed bytes and signature it verified when storing it); the same message with any other
+    signature is verified, refused and named forged."""
+    world = OfflineLedger(ledger)
+    world.wallet("w-card")
+    world.wallet("w-till", funds_yuan=0)
+    card, till = world.device("card", "w-card"), world.device("till", "w-till")
+    world.load(card, yuan(100))
+    paid = world.pay(card, till, yuan(30))
+    other = world.pay(card, till, yuan(20))
+    first = world.upload(card)
+    assert [o.status for o in first.outcomes] == ["settled", "settled"]
+
+    forged = {**paid, "signature": other["signature"]}
+    again = offline.upload_offline_payments(ledger, [paid, forged],
+                                            uploaded_by_device_id="till")
+
+    assert [(o.status, o.code, o.duplicate) for o in again.outcomes] == [
+        ("settled", None, True), ("refused", "signature_invalid", False)]
+    assert [(c.device_id, c.code) for c in offline.fraud_cases(ledger)] == [
+        ("card", "offline_forged")]
+    assert world.balance("w-till") == yuan(50)
