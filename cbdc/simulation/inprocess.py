@@ -9,7 +9,8 @@ each command's simulated moment before its service runs.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any
 
@@ -182,6 +183,11 @@ class InProcessLedger:
         return final_state_hash(self.context)
 
     # -- offline (the same services as the API's offline routes, in batches) ----------------
+
+    @contextmanager
+    def offline_session(self) -> Iterator[None]:
+        with self.context.write():
+            yield
 
     def provision_devices(
         self, requests: Sequence[offline.DeviceRequest]

@@ -108,10 +108,14 @@ class OfflineDesk:
 
     def close_hour(self, end: datetime) -> None:
         """Play the hour's offline slots in rounds; between two rounds the devices concerned go
-        online, and the tills whose sync is due with the first of them."""
+        online, and the tills whose sync is due with the first of them (one session of the
+        port: in-process, one unit of work)."""
         self.now = max(self.now, end)
         intents, self.intents = self.intents, []
-        waiting = [self._draw(kind) for kind in intents]
+        with self.port.offline_session():
+            self._rounds([self._draw(kind) for kind in intents])
+
+    def _rounds(self, waiting: list[_Slot]) -> None:
         for round_number in range(ROUNDS_MAX):
             online = _Online()
             waiting = [slot for slot in waiting if not self._play(slot, online)]
@@ -137,8 +141,9 @@ class OfflineDesk:
         """Every device syncs (cards, then tills, twice: what waited on a card's earlier
         payment is payable then); then each clone is checked against the fraud cases."""
         self.close_hour(end)
-        for _ in range(2):
-            self._upload([*self.cards.values(), *self.tills.values()])
+        with self.port.offline_session():
+            for _ in range(2):
+                self._upload([*self.cards.values(), *self.tills.values()])
         cases = self.port.fraud_devices()
         metrics = self.driver.metrics
         metrics.fraud_cases = sum(cases.values())

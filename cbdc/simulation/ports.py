@@ -10,6 +10,7 @@ driver never learns more than a real client would: what was settled or refused, 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -159,9 +160,14 @@ class OfflineLedgerPort(Protocol):
     """What offline payments need from a ledger, in batches (devices go online together):
     certify devices, load them (wallet -> escrow, operator-signed receipts), take devices'
     uploads (settling what they hold, opening fraud cases) and list the fraud cases. Each batch
-    is one unit of work at the port's time; each item is answered as if the items before it had
-    been sent one by one, a refusal as the :class:`~cbdc.domain.errors.CbdcError` in its place
-    (it changes nothing)."""
+    is one unit of work at the port's time (or joins the session's); each item is answered as
+    if the items before it had been sent one by one, a refusal as the
+    :class:`~cbdc.domain.errors.CbdcError` in its place (it changes nothing)."""
+
+    def offline_session(self) -> AbstractContextManager[None]:
+        """Group the batches sent inside it (in-process: one unit of work, which the ledger
+        commands sent meanwhile, such as top-ups, join)."""
+        ...
 
     def provision_devices(
         self, requests: Sequence[DeviceRequest]
