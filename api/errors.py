@@ -26,10 +26,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from cbdc.domain.errors import CbdcError
+from cbdc.storage.engine import lost_a_race
 
 PROBLEM_MEDIA_TYPE = "application/problem+json"
 PROBLEM_TYPE_PREFIX = "urn:cbdc:problem:"
@@ -135,6 +136,25 @@ async def _on_http_error(request: Request, error: Exception) -> Response:
     return problem_response(document, error.headers)
 
 
+async def _on_database_error(request: Request, error: Exception) -> Response:
+    """A request that lost a race to a concurrent one (PostgreSQL: a unique key taken meanwhile,
+    a serialization failure, a deadlock) changed nothing: 409, retry. The API's money routes
+    retry such a unit of work themselves (:mod:`api.idempotency`); this answers the rest."""
+    assert isinstance(error, DBAPIError)
+    if lost_a_race(error):
+        logger.info("concurrent update on %s %s: %s", request.method, request.url.path,
+                    type(error.orig).__name__)
+        document = problem(
+            409, "concurrent_update",
+            "a concurrent request changed the same records first; nothing was changed, retry",
+            instance=request.url.path,
+        )
+        return problem_response(document, {"Retry-After": "0"})
+    if isinstance(error, OperationalError):
+        return await _on_database_unavailable(request, error)
+    return await _on_unexpected(request, error)
+
+
 async def _on_database_unavailable(request: Request, error: Exception) -> Response:
     logger.warning("database unavailable on %s %s: %s", request.method, request.url.path,
                    type(error).__name__)
@@ -158,5 +178,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(CbdcError, _on_domain_error)
     app.add_exception_handler(RequestValidationError, _on_validation_error)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)
-    app.add_exception_handler(OperationalError, _on_database_unavailable)
+    app.add_exception_handler(DBAPIError, _on_database_error)
     app.add_exception_handler(Exception, _on_unexpected)

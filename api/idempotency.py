@@ -13,12 +13,14 @@ from typing import Annotated
 from fastapi import Header, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
+from sqlalchemy.exc import DBAPIError
 
 from api.errors import PROBLEM_MEDIA_TYPE, problem_of
 from cbdc.domain.errors import CbdcError, IdempotencyInFlight
 from cbdc.services import idempotency
 from cbdc.services.apikeys import Principal
 from cbdc.services.context import LedgerContext
+from cbdc.storage.engine import lost_a_race
 
 IdempotencyKey = Annotated[
     str | None,
@@ -52,12 +54,7 @@ def run_idempotent(
     if isinstance(claimed, idempotency.StoredResponse):
         return _stored(claimed.status, claimed.body, replayed=True)
     try:
-        with context.write() as connection:
-            if not idempotency.hold(connection, claimed):
-                raise _ClaimLost
-            status, model = action()
-            content = model.model_dump_json()
-            idempotency.complete(connection, claimed, status, content)
+        status, content = _effect(context, claimed, action)
     except _ClaimLost:
         raise IdempotencyInFlight(
             "this request took too long and another with its Idempotency-Key took over"
@@ -73,6 +70,32 @@ def run_idempotent(
         idempotency.release(context, claimed)
         raise
     return _stored(status, content, replayed=False)
+
+
+#: How often a unit of work that lost a race to a concurrent one is run again.
+RACE_RETRIES = 3
+
+
+def _effect(
+    context: LedgerContext, claimed: idempotency.Claim, action: Callable[[], tuple[int, BaseModel]]
+) -> tuple[int, str]:
+    """Run the action and store its response in one unit of work. On PostgreSQL two requests
+    whose locks do not meet (say, two payers choosing one payment id) can both pass their
+    checks; the second then hits a unique key and its transaction is spoilt. Run it again on a
+    fresh snapshot: it sees the first one's effect and answers as a repeat would."""
+    for attempt in range(RACE_RETRIES + 1):
+        try:
+            with context.write() as connection:
+                if not idempotency.hold(connection, claimed):
+                    raise _ClaimLost
+                status, model = action()
+                content = model.model_dump_json()
+                idempotency.complete(connection, claimed, status, content)
+                return status, content
+        except DBAPIError as error:
+            if attempt == RACE_RETRIES or not lost_a_race(error):
+                raise
+    raise AssertionError("unreachable")
 
 
 class _ClaimLost(Exception):

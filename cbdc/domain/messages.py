@@ -177,11 +177,15 @@ def check_text(name: str, value: object, *, length_max: int) -> None:
     text = check_str(name, value)
     if not 1 <= len(text) <= length_max:
         raise FieldInvalid(f"{name} must be 1-{length_max} characters", field=name)
-    forbidden = _TEXT_FORBIDDEN.search(text)
+    forbidden = forbidden_character(text)
     if forbidden is not None:
-        raise FieldInvalid(
-            f"{name} contains forbidden character U+{ord(forbidden.group()):04X}", field=name
-        )
+        raise FieldInvalid(f"{name} contains forbidden character {forbidden}", field=name)
+
+
+def forbidden_character(text: str) -> str | None:
+    """The first character free text may not hold, as ``U+XXXX``; None if there is none."""
+    found = _TEXT_FORBIDDEN.search(text)
+    return None if found is None else f"U+{ord(found.group()):04X}"
 
 
 def check_time(name: str, value: object) -> None:

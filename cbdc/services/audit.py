@@ -150,11 +150,12 @@ def _check_entry(row: Any, legs: list[Posting], streamed: _Streamed, report: Aud
                     f"prev_hash {row.prev_hash[:16]}... does not link to the entry before it "
                     f"({streamed.last_hash[:16]}...)")
         )
-    metadata = json.loads(row.metadata_json)
     created_at = row.created_at if row.created_at.tzinfo else row.created_at.replace(tzinfo=UTC)
+    # The stored metadata text is hashed as it is: it was written canonical, so any change to
+    # it, even one that parses to the same object, is a change to the entry.
     recomputed = entry_hash(
         prev_hash=row.prev_hash, seq=row.seq, entry_id=row.entry_id, kind=row.kind,
-        created_at=created_at, metadata=metadata, postings=legs,
+        created_at=created_at, metadata_json=row.metadata_json, postings=legs,
     )
     if recomputed != row.entry_hash:
         report.findings.append(
@@ -169,12 +170,13 @@ def _check_entry(row: Any, legs: list[Posting], streamed: _Streamed, report: Aud
         )
     for leg in legs:
         streamed.account_sums[leg.account_id] += leg.amount_fen
-    operator = metadata.get("operator")
-    if row.kind in ("issue", "redeem") and isinstance(operator, str):
-        moved = sum(leg.amount_fen for leg in legs if leg.amount_fen > 0)
-        (streamed.issued if row.kind == "issue" else streamed.redeemed)[operator] += moved
     streamed.last_seq = row.seq
     streamed.last_hash = row.entry_hash
+    if row.kind in ("issue", "redeem"):
+        operator = json.loads(row.metadata_json).get("operator")
+        if isinstance(operator, str):
+            moved = sum(leg.amount_fen for leg in legs if leg.amount_fen > 0)
+            (streamed.issued if row.kind == "issue" else streamed.redeemed)[operator] += moved
 
 
 def _check_head(connection: Connection, streamed: _Streamed, report: AuditReport) -> None:

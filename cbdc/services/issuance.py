@@ -31,6 +31,7 @@ from cbdc.domain.errors import (
     NotFound,
     QuotaExceeded,
 )
+from cbdc.domain.messages import forbidden_character
 from cbdc.domain.money import AMOUNT_FEN_MAX, check_amount, format_yuan
 from cbdc.domain.postings import transfer
 from cbdc.services.context import (
@@ -44,6 +45,7 @@ from cbdc.storage.journal import PostedEntry, post_entry, recorded_entry
 from cbdc.storage.tables import accounts, institutions
 
 OPERATOR_CODE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{1,31}$")
+OPERATOR_NAME_LENGTH_MAX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +73,25 @@ def check_operator_code(code: str) -> str:
     return code
 
 
+def check_operator_name(name: object) -> str:
+    """1-200 characters of text that prints as it reads: no control characters (C0, DEL, C1: a
+    line feed or an escape sequence would forge lines in reports and logs that show the name,
+    and PostgreSQL refuses NUL), lone surrogates or bidirectional overrides (the rule of
+    :func:`cbdc.domain.messages.check_text`). The API's schema refuses the C0 controls before
+    this; the CLI's issuance plans reach here directly. ``name_invalid``."""
+    if not isinstance(name, str) or not 1 <= len(name) <= OPERATOR_NAME_LENGTH_MAX:
+        raise InvalidRequest(
+            f"operator name must be 1-{OPERATOR_NAME_LENGTH_MAX} characters", code="name_invalid"
+        )
+    forbidden = forbidden_character(name)
+    if forbidden is not None:
+        raise InvalidRequest(
+            f"operator name contains {forbidden}, a control or formatting character",
+            code="name_invalid", character=forbidden,
+        )
+    return name
+
+
 def create_operator(
     context: LedgerContext, code: str, name: str, *, quota_fen: int = 0
 ) -> Operator:
@@ -78,8 +99,7 @@ def create_operator(
 
     Idempotent: creating an operator that exists with the same name returns it."""
     check_operator_code(code)
-    if not name or len(name) > 200:
-        raise InvalidRequest("operator name must be 1-200 characters", code="name_invalid")
+    check_operator_name(name)
     if quota_fen:
         check_amount(quota_fen)
     with context.write() as connection:

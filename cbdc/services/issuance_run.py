@@ -148,6 +148,7 @@ def _parse_operator(item: Mapping[str, Any], number: int) -> PlannedOperator:
         raise InvalidPlan(f"{where}: code and name are required strings")
     try:
         issuance.check_operator_code(code)
+        issuance.check_operator_name(name)
     except InvalidRequest as exc:
         raise InvalidPlan(f"{where}: {exc.detail}") from exc
     return PlannedOperator(

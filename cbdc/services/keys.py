@@ -14,14 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, select, update
 
-from cbdc.domain.errors import AlreadyExists, NotFound, StatusRefused
+from cbdc.domain.errors import NotFound
 from cbdc.domain.signing import public_key_from_hex
 from cbdc.services.context import LedgerContext
-from cbdc.services.wallets import check_active
+from cbdc.services.wallets import key_enrolment_needed
 from cbdc.storage.tables import wallet_keys, wallets
-from cbdc.storage.wallets import load_key, load_wallet
+from cbdc.storage.wallets import insert_keys, load_key, load_wallet
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,24 +46,9 @@ def enrol_key(context: LedgerContext, wallet_id: str, public_key_hex: str) -> Wa
     with context.write() as connection:
         wallet = load_wallet(connection, wallet_id, lock=True)
         existing = load_key(connection, public_key_hex)
-        if existing is not None:
-            if existing.wallet_id != wallet_id:
-                raise AlreadyExists("this public key is enrolled for another wallet",
-                                    code="public_key_exists")
-            if existing.status == "revoked":
-                raise StatusRefused("this public key was revoked", code="public_key_revoked")
-            return _get(connection, public_key_hex)
-        if wallet.status == "closed":
-            check_active(wallet)
-        connection.execute(
-            insert(wallet_keys).values(
-                public_key=public_key_hex,
-                wallet_id=wallet.id,
-                status="active",
-                last_sequence=0,
-                enrolled_at=context.now(),
-            )
-        )
+        enrolled = None if existing is None else (existing.wallet_id, existing.status)
+        if key_enrolment_needed(enrolled, wallet, wallet_id):
+            insert_keys(connection, [(public_key_hex, wallet.id)], now=context.now())
         return _get(connection, public_key_hex)
 
 

@@ -31,20 +31,24 @@ from the payer operator's float, the ``payment`` itself, ``waterfall`` to the pa
 float), bumps the payer's running limit counters and the key's sequence, records the payment row
 (whose unique keys -- payment id and ``(key, sequence)`` -- refuse replays forever, in the
 database) and a receipt signed with the ledger's key. A refusal changes nothing.
+
+Payments settle in batches (:func:`settle_batch`; one payment is a batch of one), each answered
+as if settled alone, in order. Merchants' captures of payment codes are the batches' other kind
+of item: the same steps with their own in place of 5-9 (their order is in
+:mod:`cbdc.services.merchants`), so payments and captures of one batch are posted together.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, select, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection
 
 from cbdc.domain.errors import (
     CbdcError,
@@ -52,15 +56,15 @@ from cbdc.domain.errors import (
     Forbidden,
     InsufficientFunds,
     InvalidRequest,
-    InvalidSignature,
     NotFound,
     StatusRefused,
 )
 from cbdc.domain.messages import (
+    CAPTURE,
     PAYMENT,
+    PAYMENT_CODE,
     Envelope,
     Message,
-    PreparedEnvelope,
     parse_time,
     prepare_envelope,
 )
@@ -68,21 +72,42 @@ from cbdc.domain.postings import EntryDraft, canonical_json, transfer
 from cbdc.domain.receipts import LedgerKey, sign_receipt
 from cbdc.domain.settlement import Party, TransferPlan, plan_transfer
 from cbdc.domain.tiers import Limits, Usage
+from cbdc.services.batches import (
+    Answers,
+    Prepared,
+    Verdicts,
+    all_verified,
+    answer_batch,
+    checked_later,
+    forged_out,
+    only,
+)
 from cbdc.services.context import LedgerContext
-from cbdc.services.wallets import check_active, effective_limits, wallet_account_code
+from cbdc.services.wallets import (
+    check_active,
+    check_merchant,
+    effective_limits,
+    wallet_account_code,
+)
 from cbdc.storage.journal import PostedEntry, post_entries
 from cbdc.storage.payments import (
+    NewCode,
     NewPayment,
     PaymentRecord,
+    RequestRecord,
+    account_balances,
     find_payment,
     find_payments,
+    find_requests,
+    insert_codes,
     insert_payment,
     insert_payments,
+    mark_requests_paid,
     save_key_sequences,
     save_usage,
     save_usages,
+    used_codes,
 )
-from cbdc.storage.tables import accounts, payment_requests, wallets
 from cbdc.storage.wallets import KeyRow, WalletRow, load_keys, load_wallets, wallet_not_found
 
 
@@ -106,113 +131,116 @@ class Settlement:
 
 def settle_payment(context: LedgerContext, envelope: Mapping[str, Any]) -> Settlement:
     """Verify and settle a signed payment (order of checks: see the module docstring)."""
-    (result,) = settle_payments(context, [envelope])
-    if isinstance(result, CbdcError):
-        raise result
-    return result
+    return only(settle_batch(context, [envelope]))
 
 
 def settle_payments(
     context: LedgerContext, envelopes: Sequence[Mapping[str, Any]]
 ) -> list[Settlement | CbdcError]:
-    """Verify and settle many signed payments, in order, in one transaction.
-
-    Each answer is what :func:`settle_payment` would have answered for that payment had the
-    ones before it been settled one by one: the checks run in the same order against the batch's
-    running state (balances, counters, sequences, requests paid). Refused payments change
-    nothing; the others are posted together, which is what makes batches fast.
-
-    Signatures (step 2) are checked on a second thread while this one runs steps 4-12
-    optimistically; nothing is written until every verdict is in, and a payment whose signature
-    fails is answered ``signature_invalid`` (step 2 comes first) and the batch is re-checked
-    without it."""
-    results: list[Settlement | CbdcError | None] = [None] * len(envelopes)
-    candidates: list[tuple[int, Signed]] = []
-    prepared: list[tuple[int, PreparedEnvelope, CbdcError | None]] = []
-    for index, envelope in enumerate(envelopes):
-        try:
-            item = prepare_envelope(envelope, PAYMENT)
-        except CbdcError as error:
-            results[index] = error
-            continue
-        later = _step_three(context, item.message)
-        prepared.append((index, item, later))
-        if later is None:
-            candidates.append((index, signed(item.message, envelope)))
-    verdicts = _verify_signatures([(index, item) for index, item, _ in prepared])
-    if candidates:
-        try:
-            with context.write() as connection:
-                _settle_batch(context, connection, candidates, results, verdicts)
-        except IntegrityError:
-            # A concurrent settlement won the race for a unique key our locks did not cover
-            # (same payment id or key sequence from other wallets). Settle one by one, each
-            # answering as if it had come second where it did.
-            for index, payment in candidates:
-                if verdicts.result()[index]:
-                    results[index] = _settle_alone(context, payment)
-    invalid = {index for index, valid in verdicts.result().items() if not valid}
-    for index, _, later in prepared:
-        if index in invalid:
-            results[index] = InvalidSignature("signature does not verify")
-        elif later is not None:
-            results[index] = later
-    assert all(result is not None for result in results)
-    return results  # type: ignore[return-value]
+    """Verify and settle many signed payments, in order, in one transaction: see
+    :func:`settle_batch`."""
+    return settle_batch(context, envelopes)
 
 
-def _step_three(context: LedgerContext, message: Message) -> CbdcError | None:
+@dataclass(frozen=True, slots=True)
+class CodeCapture:
+    """A merchant's capture of a customer-presented payment code: both envelopes, as sent."""
+
+    code: Mapping[str, Any]
+    capture: Mapping[str, Any]
+
+
+def settle_batch(
+    context: LedgerContext, commands: Sequence[Mapping[str, Any] | CodeCapture]
+) -> list[Settlement | CbdcError]:
+    """Verify and settle signed payments and captures (:class:`CodeCapture`), in order, in one
+    transaction.
+
+    Each answer is what :func:`settle_payment` (or
+    :func:`~cbdc.services.merchants.capture_payment_code`) would have answered had the ones
+    before it been settled one by one: the checks run in the same order against the batch's
+    running state (balances, counters, sequences, requests paid, codes used). Refused commands
+    change nothing; the others are posted together, in one :func:`post_entries` call, which is
+    what makes batches fast. Signatures are checked on a second thread
+    (:mod:`cbdc.services.batches`)."""
+    return answer_batch(context, commands, partial(_prepare, context),
+                        partial(_settle_batch, context), partial(_after_race, context))
+
+
+@dataclass(frozen=True, slots=True)
+class _Item:
+    """A payment or capture of a batch, checked as far as it can be without the database."""
+
+    index: int
+    kind: str  # "payment" or "capture"
+    signed: Signed  # the payment, or the capture: its id is the settlement's
+    settlement_id: str
+    payer: str
+    payee: str
+    code: Signed | None = None  # a capture's payment code
+
+
+def _prepare(
+    context: LedgerContext, index: int, command: Mapping[str, Any] | CodeCapture
+) -> Prepared[_Item]:
+    if isinstance(command, CodeCapture):
+        return _prepare_capture(context, index, command)
+    prepared = prepare_envelope(command, PAYMENT)
+    return checked_later(index, (prepared,),
+                         lambda: _payment_item(context, index, prepared.message, command))
+
+
+def _payment_item(
+    context: LedgerContext, index: int, message: Message, envelope: Mapping[str, Any]
+) -> _Item:
     """Step 3, answered only once the signature is known to be good."""
-    try:
-        check_ledger(context, message)
-    except CbdcError as error:
-        return error
+    check_ledger(context, message)
     if message["payer"] == message["payee"]:
-        return InvalidRequest("a wallet cannot pay itself", code="payee_invalid", field="payee")
-    return None
+        raise InvalidRequest("a wallet cannot pay itself", code="payee_invalid", field="payee")
+    return _Item(index, "payment", signed(message, envelope), message["payment_id"],
+                 message["payer"], message["payee"])
 
 
-#: Batches at least this long check their signatures on a second thread: PyNaCl releases the
-#: GIL while it verifies, so the check overlaps this thread's own work.
-PARALLEL_VERIFY_MIN = 16
-_VERIFIER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbdc-verify")
-
-
-Verdicts = Future[dict[int, bool]]
-
-
-def _verify_signatures(items: list[tuple[int, PreparedEnvelope]]) -> Verdicts:
-    """Each envelope's signature verdict, by its index in the batch."""
-
-    def run() -> dict[int, bool]:
-        return {index: item.signature_valid() for index, item in items}
-
-    if len(items) >= PARALLEL_VERIFY_MIN:
-        return _VERIFIER.submit(run)
-    return _settled_verdicts(run())
-
-
-def _settled_verdicts(verdicts: dict[int, bool]) -> Verdicts:
-    done: Verdicts = Future()
-    done.set_result(verdicts)
-    return done
-
-
-def _settle_alone(context: LedgerContext, payment: Signed) -> Settlement | CbdcError:
-    results: list[Settlement | CbdcError | None] = [None]
+def _prepare_capture(context: LedgerContext, index: int, command: CodeCapture) -> Prepared[_Item]:
+    """The code's envelope, then the capture's (each signature right after its envelope), then
+    the ledger ids and whether the two match (see :mod:`cbdc.services.merchants`)."""
+    code = prepare_envelope(command.code, PAYMENT_CODE)
     try:
-        with context.write() as connection:
-            _settle_batch(context, connection, [(0, payment)], results,
-                          _settled_verdicts({0: True}))
-    except IntegrityError:
-        try:
-            return answer_after_race(
-                context, payment.message["payment_id"], payment.message_hash, "payment"
-            )
-        except CbdcError as error:
-            return error
-    assert results[0] is not None
-    return results[0]
+        capture = prepare_envelope(command.capture, CAPTURE)
+    except CbdcError as error:  # answered only if the code's signature verifies
+        return Prepared(index, (code,), later=error)
+
+    def check() -> _Item:
+        check_ledger(context, code.message)
+        check_ledger(context, capture.message)
+        check_capture_matches(code.message, capture.message)
+        return _Item(index, "capture", signed(capture.message, command.capture),
+                     capture.message["capture_id"], code.message["payer"],
+                     capture.message["merchant"], code=signed(code.message, command.code))
+
+    return checked_later(index, (code, capture), check)
+
+
+def check_capture_matches(code: Message, capture: Message) -> None:
+    if capture["code_id"] != code["code_id"]:
+        raise InvalidRequest("the capture names another payment code", code="capture_mismatch",
+                             field="code_id")
+    if code.get("merchant", capture["merchant"]) != capture["merchant"]:
+        raise InvalidRequest("the payment code is for another merchant", code="capture_mismatch",
+                             field="merchant")
+    if capture["merchant"] == code["payer"]:
+        raise InvalidRequest("a wallet cannot pay itself", code="payee_invalid",
+                             field="merchant")
+    if capture["amount_fen"] > code["max_amount_fen"]:
+        raise InvalidRequest(
+            f"{capture['amount_fen']} fen is above the code's maximum {code['max_amount_fen']}",
+            code="payment_code_amount_exceeded",
+            field="amount_fen",
+        )
+
+
+def _after_race(context: LedgerContext, item: _Item) -> Settlement:
+    return answer_after_race(context, item.settlement_id, item.signed.message_hash, item.kind)
 
 
 @dataclass
@@ -222,7 +250,8 @@ class _Batch:
     wallets: dict[str, WalletRow]
     keys: dict[str, KeyRow]
     recorded: dict[str, PaymentRecord]
-    requests: dict[str, Any]
+    requests: dict[str, RequestRecord]
+    codes_used: set[str]
     floats: dict[int, int]
     in_batch: dict[str, tuple[str, int]] = field(default_factory=dict)
     requests_paid: dict[str, str] = field(default_factory=dict)
@@ -248,88 +277,95 @@ class _Batch:
 
 @dataclass(frozen=True, slots=True)
 class _Accepted:
-    index: int
-    payment: Signed
+    item: _Item
     payer: WalletRow
     payee: WalletRow
-    key: KeyRow
+    key: KeyRow  # the key whose signature settles it: the payer's, or the capturing merchant's
     plan: TransferPlan
     drafts: list[EntryDraft]
+
+
+def _load_batch(connection: Connection, items: list[_Item]) -> _Batch:
+    """Lock the wallets (ascending id), then the keys; read what the checks need."""
+    messages = [item.signed.message for item in items]
+    codes = [item.code.message for item in items if item.code is not None]
+    batch = _Batch(
+        wallets=load_wallets(connection, [i.payer for i in items] + [i.payee for i in items],
+                             lock=True, require_all=False),
+        keys=load_keys(connection, [m["public_key"] for m in messages + codes], lock=True),
+        recorded=find_payments(connection, sorted({item.settlement_id for item in items})),
+        requests=find_requests(connection, {m["request_id"] for m in messages
+                                            if "request_id" in m}),
+        codes_used=used_codes(connection, {code["code_id"] for code in codes}),
+        floats={},
+    )
+    batch.floats = account_balances(
+        connection, {row.operator_float_account_id for row in batch.wallets.values()})
+    return batch
 
 
 def _settle_batch(
     context: LedgerContext,
     connection: Connection,
-    verified: list[tuple[int, Signed]],
-    results: list[Settlement | CbdcError | None],
+    items: list[_Item],
+    results: Answers[Settlement],
     verdicts: Verdicts,
 ) -> None:
-    """Steps 4-12 for each payment against the batch's running state, then one posting, once
+    """Steps 4-12 for each item against the batch's running state, then one posting, once
     every signature in ``verdicts`` (by index) is known to be good."""
-    messages = [payment.message for _, payment in verified]
-    batch = _Batch(
-        wallets=load_wallets(
-            connection,
-            [m["payer"] for m in messages] + [m["payee"] for m in messages],
-            lock=True,
-            require_all=False,
-        ),
-        keys=load_keys(connection, [m["public_key"] for m in messages], lock=True),
-        recorded=find_payments(connection, sorted({m["payment_id"] for m in messages})),
-        requests=_load_requests(connection, {m["request_id"] for m in messages
-                                             if "request_id" in m}),
-        floats={},
-    )
-    batch.floats = _float_balances(connection, batch.wallets.values())
+    batch = _load_batch(connection, items)
     now = context.now()
     accepted: list[_Accepted] = []
-    for index, payment in verified:
+    for item in items:
         try:
-            outcome = _check_and_apply(context, batch, index, payment, now)
+            outcome = _check_and_apply(context, batch, item, now)
         except CbdcError as error:
-            results[index] = error
+            results[item.index] = error
             continue
         if isinstance(outcome, _Accepted):
             accepted.append(outcome)
         elif outcome is not None:
-            results[index] = outcome
-    valid = verdicts.result()
-    if not all(valid[index] for index, _ in verified):
-        # Rare: forged payments in the batch. Check again without them (nothing is written yet).
-        for index, _ in verified:
-            results[index] = None
-        valid_only = [(index, payment) for index, payment in verified if valid[index]]
-        _settle_batch(context, connection, valid_only, results,
-                      _settled_verdicts({index: True for index, _ in valid_only}))
+            results[item.index] = outcome
+    authentic = forged_out(items, verdicts, results)
+    if authentic is not None:
+        _settle_batch(context, connection, authentic, results, all_verified(authentic))
         return
     if accepted:
         _record(context, connection, batch, accepted, results, now)
-    for index, payment in verified:  # repeats of a payment settled earlier in this batch
-        if results[index] is None:
-            first_index = batch.in_batch[payment.message["payment_id"]][1]
-            first = results[first_index]
+    for item in items:  # repeats of a settlement made earlier in this batch
+        if results[item.index] is None:
+            first = results[batch.in_batch[item.settlement_id][1]]
             assert isinstance(first, Settlement)
-            results[index] = replace(first, replayed=True)
+            results[item.index] = replace(first, replayed=True)
 
 
 def _check_and_apply(
-    context: LedgerContext, batch: _Batch, index: int, payment: Signed, now: datetime
+    context: LedgerContext, batch: _Batch, item: _Item, now: datetime
 ) -> _Accepted | Settlement | None:
-    """Steps 4-12 for one payment; on success the batch's state moves as the payment would move
-    it. Returns a Settlement for a payment recorded before, None for a repeat within the batch."""
-    message = payment.message
-    payer, payee = batch.wallets.get(message["payer"]), batch.wallets.get(message["payee"])
+    """Steps 4-12 for one item; on success the batch's state moves as the item would move it.
+    Returns a Settlement for one recorded before, None for a repeat within the batch."""
+    payer, payee = batch.wallets.get(item.payer), batch.wallets.get(item.payee)
     if payer is None or payee is None:
-        raise wallet_not_found(message["payer"] if payer is None else message["payee"])
-    payment_id = message["payment_id"]
-    record = batch.recorded.get(payment_id)
+        raise wallet_not_found(item.payer if payer is None else item.payee)
+    record = batch.recorded.get(item.settlement_id)
     if record is not None:
-        return from_record(record, payment.message_hash, "payment")
-    if payment_id in batch.in_batch:
-        if batch.in_batch[payment_id][0] != payment.message_hash:
-            raise Conflict(f"{payment_id} already settled from another message",
-                           code="payment_conflict")
+        return from_record(record, item.signed.message_hash, item.kind)
+    if item.settlement_id in batch.in_batch:
+        if batch.in_batch[item.settlement_id][0] != item.signed.message_hash:
+            raise Conflict(f"{item.settlement_id} already settled from another message",
+                           code=f"{item.kind}_conflict")
         return None
+    if item.code is None:
+        key = _check_payment(batch, item.signed.message, payer, payee, now)
+    else:
+        key = _check_capture(batch, item, payer, payee, now)
+    return _apply(context, batch, item, payer, payee, key, now)
+
+
+def _check_payment(
+    batch: _Batch, message: Message, payer: WalletRow, payee: WalletRow, now: datetime
+) -> KeyRow:
+    """Steps 6-9 of a payment; returns the payer's key."""
     key = check_signing_key(batch.keys.get(message["public_key"]), payer)
     last_sequence = batch.sequences.get(key.public_key, key.last_sequence)
     if message["sequence"] <= last_sequence:
@@ -341,10 +377,39 @@ def _check_and_apply(
         )
     check_active(payer)
     check_active(payee)
-    request_id = message.get("request_id")
-    if request_id is not None:
+    if "request_id" in message:
         _check_request(batch, message, now)
+    return key
+
+
+def _check_capture(
+    batch: _Batch, item: _Item, payer: WalletRow, merchant: WalletRow, now: datetime
+) -> KeyRow:
+    """A capture's checks between its repeats and the payer's caps (see
+    :mod:`cbdc.services.merchants`); returns the merchant's key."""
+    assert item.code is not None
+    code = item.code.message
+    if code["code_id"] in batch.codes_used:
+        raise Conflict(f"payment code {code['code_id']} was already captured",
+                       code="payment_code_used")
+    check_signing_key(batch.keys.get(code["public_key"]), payer)
+    key = check_signing_key(batch.keys.get(item.signed.message["public_key"]), merchant)
+    check_active(payer)
+    check_active(merchant)
+    check_merchant(merchant)
+    if now >= parse_time(code["expires_at"], field_name="expires_at"):
+        raise StatusRefused(f"payment code {code['code_id']} has expired",
+                            code="payment_code_expired")
+    return key
+
+
+def _apply(
+    context: LedgerContext, batch: _Batch, item: _Item, payer: WalletRow, payee: WalletRow,
+    key: KeyRow, now: datetime,
+) -> _Accepted:
+    """Steps 10-12 (caps, waterfalls, funds); then move the batch's state as the item would."""
     payer_party = batch.party(context, payer, now)
+    message = item.signed.message
     plan = plan_transfer(payer_party, batch.party(context, payee, now), message["amount_fen"])
     if plan.topped_up_fen > batch.floats[payer.operator_float_account_id]:
         raise InsufficientFunds(
@@ -360,12 +425,15 @@ def _check_and_apply(
     batch.balances[payee.wallet_id] = (
         batch.balances.get(payee.wallet_id, payee.balance_fen) + amount - plan.swept_fen
     )
-    batch.sequences[key.public_key] = message["sequence"]
-    batch.in_batch[payment_id] = (payment.message_hash, index)
-    if request_id is not None:
-        batch.requests_paid[request_id] = payment_id
-    return _Accepted(index, payment, payer, payee, key, plan,
-                     settlement_drafts("payment", payment_id, payer, payee, plan))
+    batch.in_batch[item.settlement_id] = (item.signed.message_hash, item.index)
+    if item.code is not None:
+        batch.codes_used.add(item.code.message["code_id"])
+    else:
+        batch.sequences[key.public_key] = message["sequence"]
+        if "request_id" in message:
+            batch.requests_paid[message["request_id"]] = item.settlement_id
+    return _Accepted(item, payer, payee, key, plan,
+                     settlement_drafts(item.kind, item.settlement_id, payer, payee, plan))
 
 
 def _record(
@@ -373,21 +441,22 @@ def _record(
     connection: Connection,
     batch: _Batch,
     accepted: list[_Accepted],
-    results: list[Settlement | CbdcError | None],
+    results: Answers[Settlement],
     now: datetime,
 ) -> None:
-    """Post every accepted payment's entries, then write rows, counters and sequences."""
-    drafts = [draft for item in accepted for draft in item.drafts]
+    """Post every accepted item's entries, then write rows, counters, sequences, requests paid
+    and codes used."""
+    drafts = [draft for each in accepted for draft in each.drafts]
     posted = post_entries(connection, drafts, now=now, atomic=True)
     entries = {entry.entry_id: entry for entry in posted if isinstance(entry, PostedEntry)}
     new_rows = []
-    for item in accepted:
-        payment_id = item.payment.message["payment_id"]
-        entry = entries[f"payment:{payment_id}"]
+    for each in accepted:
+        item = each.item
         settlement, row = settled_row(
-            context, kind="payment", payment_id=payment_id, payer=item.payer,
-            payee=item.payee, plan=item.plan, key=item.key, signed=item.payment,
-            sequence=item.payment.message["sequence"], entry=entry,
+            context, kind=item.kind, payment_id=item.settlement_id, payer=each.payer,
+            payee=each.payee, plan=each.plan, key=each.key, signed=item.signed,
+            sequence=item.signed.message.get("sequence"),
+            entry=entries[f"{item.kind}:{item.settlement_id}"],
         )
         results[item.index] = settlement
         new_rows.append(row)
@@ -396,23 +465,29 @@ def _record(
     save_key_sequences(
         connection, {batch.keys[k].id: sequence for k, sequence in batch.sequences.items()}
     )
-    for request_id, payment_id in batch.requests_paid.items():
-        connection.execute(
-            update(payment_requests)
-            .where(payment_requests.c.id == batch.requests[request_id].id)
-            .values(status="paid", paid_payment_id=row_ids[payment_id])
-        )
+    mark_requests_paid(connection, {batch.requests[request_id].id: row_ids[payment_id]
+                                    for request_id, payment_id in batch.requests_paid.items()})
+    insert_codes(connection, [_code_row(batch, each, row_ids[each.item.settlement_id])
+                              for each in accepted if each.item.code is not None])
 
 
-def _float_balances(connection: Connection, rows: Iterable[WalletRow]) -> dict[int, int]:
-    """Balances of the operator floats that waterfalls may draw on or sweep to."""
-    account_ids = sorted({row.operator_float_account_id for row in rows})
-    if not account_ids:
-        return {}
-    found = connection.execute(
-        select(accounts.c.id, accounts.c.balance_fen).where(accounts.c.id.in_(account_ids))
+def _code_row(batch: _Batch, capture: _Accepted, payment_row_id: int) -> NewCode:
+    code = capture.item.code
+    assert code is not None
+    message = code.message
+    return NewCode(
+        code_id=message["code_id"],
+        payer_wallet_row_id=capture.payer.id,
+        merchant_wallet_row_id=capture.payee.id if "merchant" in message else None,
+        key_id=batch.keys[message["public_key"]].id,
+        max_amount_fen=message["max_amount_fen"],
+        expires_at=parse_time(message["expires_at"], field_name="expires_at"),
+        message_json=code.message_json,
+        message_hash=code.message_hash,
+        signature=code.signature,
+        captured_payment_row_id=payment_row_id,
+        captured_fen=capture.plan.amount_fen,
     )
-    return {int(row.id): int(row.balance_fen) for row in found}
 
 
 def check_ledger(context: LedgerContext, message: Message) -> None:
@@ -456,24 +531,6 @@ def check_signing_key(key: KeyRow | None, signer: WalletRow) -> KeyRow:
     return key
 
 
-def _load_requests(connection: Connection, request_ids: set[str]) -> dict[str, Any]:
-    if not request_ids:
-        return {}
-    rows = connection.execute(
-        select(
-            payment_requests.c.id,
-            payment_requests.c.request_id,
-            payment_requests.c.amount_fen,
-            payment_requests.c.status,
-            payment_requests.c.expires_at,
-            wallets.c.wallet_id.label("merchant"),
-        )
-        .join(wallets, wallets.c.id == payment_requests.c.merchant_wallet_id)
-        .where(payment_requests.c.request_id.in_(sorted(request_ids)))
-    )
-    return {row.request_id: row for row in rows}
-
-
 def _check_request(batch: _Batch, message: Message, now: datetime) -> None:
     request_id = message["request_id"]
     row = batch.requests.get(request_id)
@@ -487,7 +544,7 @@ def _check_request(batch: _Batch, message: Message, now: datetime) -> None:
     if row.status != "open" or request_id in batch.requests_paid:
         raise Conflict(f"payment request {request_id} is already paid",
                        code="payment_request_paid")
-    if now >= as_utc(row.expires_at):
+    if now >= row.expires_at:
         raise StatusRefused(f"payment request {request_id} has expired",
                             code="payment_request_expired")
 
@@ -529,14 +586,20 @@ def from_record(row: PaymentRecord, digest: str, kind: str) -> Settlement:
 def answer_after_race(
     context: LedgerContext, payment_id: str, digest: str, kind: str
 ) -> Settlement:
+    """The answer of a settlement whose row the database refused: the first result if the
+    concurrent winner settled the same id; else what the winner took first (a capture's code,
+    a payment's key sequence)."""
     with context.read() as connection:
         first = recorded(connection, payment_id, digest, kind)
-    if first is None:
-        raise Conflict(
-            f"{payment_id}: a concurrent settlement used the same key and sequence",
-            code="sequence_not_fresh",
-        )
-    return first
+    if first is not None:
+        return first
+    if kind == "capture":
+        raise Conflict(f"{payment_id}: a concurrent capture used the same payment code",
+                       code="payment_code_used")
+    raise Conflict(
+        f"{payment_id}: a concurrent settlement used the same key and sequence",
+        code="sequence_not_fresh",
+    )
 
 
 def settle(

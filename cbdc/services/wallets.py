@@ -10,6 +10,11 @@ A class change is refused when the evidence is missing (``identity_evidence_miss
 wallet's balance or today's/this year's spending already break the new class's caps
 (``class_change_refused``, naming the cap). Moving to class 3 or 4 unlinks the bank account.
 
+Many wallets open in one unit of work with :func:`open_wallets` (an onboarding run, the
+simulation), each with its first key if wanted, each answered as one by one; ``open_wallet`` is
+the batch of one. The rule for enrolling a key (:func:`key_enrolment_needed`) lives here for
+that reason; :mod:`cbdc.services.keys` uses it too.
+
 A sub-wallet is authorised by its parent (say, for a merchant's till app) with its own caps, each
 no looser than the parent's; it shares the parent's operator, class and zone. The parent closes
 it, which sweeps what it holds back to the parent in one entry.
@@ -18,17 +23,19 @@ it, which sweeps what it holds back to the parent in one entry.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
 
-from cbdc.domain.errors import AlreadyExists, InvalidRequest, StatusRefused
+from cbdc.domain.errors import AlreadyExists, CbdcError, Forbidden, InvalidRequest, StatusRefused
 from cbdc.domain.identity import SALT_BYTES as IDENTITY_SALT_BYTES
 from cbdc.domain.identity import IdentityEvidence, bank_account_ref, evidence_hash
 from cbdc.domain.postings import EntryDraft, transfer
 from cbdc.domain.settlement import Party, plan_transfer
+from cbdc.domain.signing import public_key_from_hex
 from cbdc.domain.tiers import (
     Limits,
     Usage,
@@ -37,13 +44,17 @@ from cbdc.domain.tiers import (
     check_sub_wallet_caps,
 )
 from cbdc.services.context import LedgerContext
-from cbdc.services.issuance import get_operator
+from cbdc.services.issuance import Operator, get_operator
 from cbdc.storage.journal import PostedEntry, post_entries
-from cbdc.storage.tables import accounts, wallet_identities, wallets
+from cbdc.storage.tables import wallet_identities, wallets
 from cbdc.storage.wallets import (
     WalletRow,
     find_entry,
     find_wallet,
+    insert_keys,
+    insert_wallets,
+    load_identities,
+    load_keys,
     load_wallet,
     load_wallets,
     open_sub_wallet_ids,
@@ -105,6 +116,14 @@ def check_active(row: WalletRow) -> None:
         )
 
 
+def check_merchant(row: WalletRow) -> None:
+    """Only merchants collect through payment requests and payment codes: corporate wallets
+    with a merchant category code."""
+    if row.merchant_category_code is None:
+        raise Forbidden(f"wallet {row.wallet_id} is not a merchant wallet",
+                        code="not_a_merchant")
+
+
 def _as_wallet(context: LedgerContext, row: WalletRow) -> Wallet:
     return Wallet(
         wallet_id=row.wallet_id,
@@ -150,6 +169,23 @@ def _check_holder(holder_kind: str, merchant_category_code: str | None) -> None:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class WalletOpening:
+    """What :func:`open_wallet` takes, for one wallet of a batch (:func:`open_wallets`). With
+    ``public_key_hex`` the key is enrolled as :func:`cbdc.services.keys.enrol_key` would enrol it
+    right after the opening: both happen, or neither."""
+
+    wallet_id: str
+    operator_code: str
+    evidence: IdentityEvidence
+    zone: str
+    wallet_class: int = 4
+    holder_kind: str = "personal"
+    merchant_category_code: str | None = None
+    reverse_waterfall: bool = False
+    public_key_hex: str | None = None
+
+
 def open_wallet(
     context: LedgerContext,
     wallet_id: str,
@@ -166,75 +202,226 @@ def open_wallet(
 
     Idempotent on ``wallet_id``: a repeat for the same operator, holder and zone returns the
     wallet as it is now; anything else is ``wallet_exists``."""
-    _check_wallet_id(wallet_id)
-    _check_holder(holder_kind, merchant_category_code)
-    if not isinstance(zone, str) or not ZONE.match(zone):
-        raise InvalidRequest(f"zone must be 1-64 of A-Z a-z 0-9 . _ -, got {zone!r}",
+    opening = WalletOpening(wallet_id, operator_code, evidence, zone, wallet_class, holder_kind,
+                            merchant_category_code, reverse_waterfall)
+    (result,) = open_wallets(context, [opening])
+    if isinstance(result, CbdcError):
+        raise result
+    return result
+
+
+def open_wallets(
+    context: LedgerContext, openings: Sequence[WalletOpening]
+) -> list[Wallet | CbdcError]:
+    """Open many wallets (and enrol their keys) in one unit of work. Each answer is what
+    :func:`open_wallet` (then ``enrol_key``) would have answered had the openings before it been
+    made one by one; a refused opening leaves nothing behind. Checks, in order: wallet id, holder
+    kind and merchant category, zone, class, evidence, reverse waterfall; then a recorded wallet
+    (the same holder: the wallet as it is; another: ``wallet_exists``) or the operator; then the
+    key (``public_key_invalid``, ``public_key_exists``, ``public_key_revoked``,
+    ``wallet_closed``)."""
+    results: list[Wallet | CbdcError | None] = [None] * len(openings)
+    checked: list[tuple[int, WalletOpening]] = []
+    for index, opening in enumerate(openings):
+        try:
+            checked.append((index, _checked_opening(context, opening)))
+        except CbdcError as error:
+            results[index] = error
+    if checked:
+        with context.write() as connection:
+            _open_checked(context, connection, checked, results)
+    assert all(result is not None for result in results)
+    return results  # type: ignore[return-value]
+
+
+def _checked_opening(context: LedgerContext, opening: WalletOpening) -> WalletOpening:
+    """The checks that need no database, in their order; the evidence normalised."""
+    _check_wallet_id(opening.wallet_id)
+    _check_holder(opening.holder_kind, opening.merchant_category_code)
+    if not isinstance(opening.zone, str) or not ZONE.match(opening.zone):
+        raise InvalidRequest(f"zone must be 1-64 of A-Z a-z 0-9 . _ -, got {opening.zone!r}",
                              code="zone_invalid")
-    target = context.wallet_classes.get(wallet_class)
-    evidence = evidence.normalised()
+    target = context.wallet_classes.get(opening.wallet_class)
+    evidence = opening.evidence.normalised()
     check_evidence(target, evidence.kinds())
-    if reverse_waterfall and not target.links_bank_account:
+    if opening.reverse_waterfall and not target.links_bank_account:
         raise InvalidRequest(
-            f"class {wallet_class} wallets have no linked bank account for a reverse waterfall",
+            f"class {opening.wallet_class} wallets have no linked bank account for a reverse "
+            "waterfall",
             code="reverse_waterfall_unavailable",
         )
-    with context.write() as connection:
-        existing = find_wallet(connection, wallet_id)
-        if existing is not None:
-            _check_same_wallet(connection, existing, operator_code, holder_kind,
-                               merchant_category_code, zone, evidence)
-            return _as_wallet(context, existing)
-        operator = get_operator(connection, operator_code)
-        salt = context.random_bytes(IDENTITY_SALT_BYTES)
-        now = context.now()
-        row_id = _insert_wallet(
-            connection,
-            wallet_id=wallet_id,
-            operator_id=operator.id,
-            now=now,
-            holder_kind=holder_kind,
-            merchant_category_code=merchant_category_code,
-            wallet_class=wallet_class,
-            zone=zone,
-            bank_account_ref=_link(target.links_bank_account, _hashes(salt, evidence)),
-            reverse_waterfall=reverse_waterfall,
-        )
-        connection.execute(
-            insert(wallet_identities).values(
-                wallet_id=row_id, salt=salt.hex(), updated_at=now, **_hashes(salt, evidence)
-            )
-        )
-        return _as_wallet(context, load_wallet(connection, wallet_id))
+    return replace(opening, evidence=evidence)
 
 
-def _insert_wallet(connection: Connection, *, wallet_id: str, operator_id: int, now: datetime,
-                   **values: Any) -> int:
-    account_id = connection.execute(
-        insert(accounts)
-        .values(code=wallet_account_code(wallet_id), kind="wallet", institution_id=operator_id,
-                created_at=now)
-        .returning(accounts.c.id)
-    ).scalar_one()
-    usage = Usage.fresh(now)
-    return int(
-        connection.execute(
-            insert(wallets)
-            .values(
-                wallet_id=wallet_id,
-                operator_id=operator_id,
-                account_id=account_id,
-                status="active",
-                usage_day=usage.day,
-                usage_year=usage.year,
-                spent_day_fen=0,
-                spent_year_fen=0,
-                created_at=now,
-                **values,
-            )
-            .returning(wallets.c.id)
-        ).scalar_one()
+@dataclass(frozen=True, slots=True)
+class _Holder:
+    """Whom a wallet was opened for: a repeat for the same holder is idempotent. ``salt`` and
+    ``phone_hash`` are None for a sub-wallet (no evidence of its own; never reopened)."""
+
+    operator_code: str
+    holder_kind: str
+    merchant_category_code: str | None
+    zone: str
+    salt: bytes | None
+    phone_hash: str | None
+
+    def same(self, opening: WalletOpening) -> bool:
+        return (
+            self.salt is not None
+            and (self.operator_code, self.holder_kind, self.merchant_category_code, self.zone)
+            == (opening.operator_code, opening.holder_kind, opening.merchant_category_code,
+                opening.zone)
+            and evidence_hash(self.salt, "phone", opening.evidence.phone) == self.phone_hash
+        )
+
+
+@dataclass
+class _OpeningBatch:
+    """What a batch of openings knows so far: recorded wallets (locked), whom each wallet in
+    play was opened for, enrolled keys (public key -> wallet id, status), operators looked up,
+    and what is still to insert."""
+
+    rows: dict[str, WalletRow]
+    holders: dict[str, _Holder]
+    keys: dict[str, tuple[str, str]]
+    operators: dict[str, Operator | CbdcError] = field(default_factory=dict)
+    #: Each new wallet's column values, then its identity's.
+    new_wallets: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
+    #: (public key hex, wallet id).
+    new_keys: list[tuple[str, str]] = field(default_factory=list)
+
+    def operator(self, connection: Connection, code: str) -> Operator:
+        if code not in self.operators:
+            try:
+                self.operators[code] = get_operator(connection, code)
+            except CbdcError as error:
+                self.operators[code] = error
+        found = self.operators[code]
+        if isinstance(found, CbdcError):
+            raise found
+        return found
+
+
+def _open_checked(
+    context: LedgerContext,
+    connection: Connection,
+    checked: list[tuple[int, WalletOpening]],
+    results: list[Wallet | CbdcError | None],
+) -> None:
+    rows = load_wallets(connection, [opening.wallet_id for _, opening in checked], lock=True,
+                        require_all=False)
+    identities = load_identities(connection, [row.id for row in rows.values()])
+    batch = _OpeningBatch(
+        rows=rows,
+        holders={wallet_id: _recorded_holder(row, identities.get(row.id))
+                 for wallet_id, row in rows.items()},
+        keys={key.public_key: (key.wallet_id, key.status) for key in load_keys(
+            connection, [o.public_key_hex for _, o in checked if o.public_key_hex]).values()},
     )
+    opened: list[tuple[int, str]] = []
+    for index, opening in checked:
+        try:
+            _open_one(context, connection, batch, opening)
+        except CbdcError as error:
+            results[index] = error
+            continue
+        opened.append((index, opening.wallet_id))
+    _insert(context, connection, batch)
+    answered = load_wallets(connection, [wallet_id for _, wallet_id in opened])
+    for index, wallet_id in opened:
+        results[index] = _as_wallet(context, answered[wallet_id])
+
+
+def _recorded_holder(row: WalletRow, identity: tuple[bytes, str] | None) -> _Holder:
+    salt, phone_hash = (None, None) if identity is None or row.parent_id else identity
+    return _Holder(row.operator_code, row.holder_kind, row.merchant_category_code, row.zone,
+                   salt, phone_hash)
+
+
+def _open_one(
+    context: LedgerContext, connection: Connection, batch: _OpeningBatch, opening: WalletOpening
+) -> None:
+    """One opening against what the batch knows; its rows are queued only once it passes."""
+    holder = batch.holders.get(opening.wallet_id)
+    new_wallet: tuple[dict[str, Any], dict[str, Any]] | None = None
+    if holder is None:
+        operator = batch.operator(connection, opening.operator_code)
+        salt = context.random_bytes(IDENTITY_SALT_BYTES)
+        hashes = _hashes(salt, opening.evidence)
+        holder = _Holder(opening.operator_code, opening.holder_kind,
+                         opening.merchant_category_code, opening.zone, salt,
+                         hashes["phone_hash"])
+        target = context.wallet_classes.get(opening.wallet_class)
+        new_wallet = (
+            _wallet_values(
+                opening.wallet_id, operator.id, holder_kind=opening.holder_kind,
+                merchant_category_code=opening.merchant_category_code,
+                wallet_class=opening.wallet_class, zone=opening.zone,
+                bank_account_ref=_link(target.links_bank_account, hashes),
+                reverse_waterfall=opening.reverse_waterfall,
+            ),
+            {"salt": salt.hex(), **hashes},
+        )
+    elif not holder.same(opening):
+        raise AlreadyExists(
+            f"wallet {opening.wallet_id} exists for another holder or operator",
+            code="wallet_exists",
+        )
+    if opening.public_key_hex is not None:
+        _enrol_in_batch(batch, opening.wallet_id, opening.public_key_hex)
+    if new_wallet is not None:
+        batch.holders[opening.wallet_id] = holder
+        batch.new_wallets.append(new_wallet)
+
+
+def _enrol_in_batch(batch: _OpeningBatch, wallet_id: str, public_key_hex: str) -> None:
+    public_key_from_hex(public_key_hex)
+    if key_enrolment_needed(batch.keys.get(public_key_hex), batch.rows.get(wallet_id),
+                            wallet_id):
+        batch.keys[public_key_hex] = (wallet_id, "active")
+        batch.new_keys.append((public_key_hex, wallet_id))
+
+
+def key_enrolment_needed(
+    enrolled: tuple[str, str] | None, wallet: WalletRow | None, wallet_id: str
+) -> bool:
+    """Whether enrolling a key for ``wallet_id`` inserts it: False for a repeat. ``enrolled`` is
+    the wallet id and status the key already has, if any; ``wallet`` the recorded wallet (None
+    when it opens in this unit of work). Refused: a key of another wallet
+    (``public_key_exists``), a revoked key (``public_key_revoked``), a closed wallet."""
+    if enrolled is not None:
+        enrolled_for, status = enrolled
+        if enrolled_for != wallet_id:
+            raise AlreadyExists("this public key is enrolled for another wallet",
+                                code="public_key_exists")
+        if status == "revoked":
+            raise StatusRefused("this public key was revoked", code="public_key_revoked")
+        return False
+    if wallet is not None and wallet.status == "closed":
+        check_active(wallet)
+    return True
+
+
+def _insert(context: LedgerContext, connection: Connection, batch: _OpeningBatch) -> None:
+    """The batch's new wallets, their identities and its new keys, in batched statements."""
+    now = context.now()
+    row_ids = {wallet_id: row.id for wallet_id, row in batch.rows.items()}
+    new_ids = insert_wallets(connection, [values for values, _ in batch.new_wallets], now=now)
+    for (values, _), row_id in zip(batch.new_wallets, new_ids, strict=True):
+        row_ids[values["wallet_id"]] = row_id
+    if batch.new_wallets:
+        connection.execute(
+            insert(wallet_identities),
+            [{**identity, "wallet_id": row_id, "updated_at": now}
+             for (_, identity), row_id in zip(batch.new_wallets, new_ids, strict=True)],
+        )
+    insert_keys(connection, [(key, row_ids[wallet_id]) for key, wallet_id in batch.new_keys],
+                now=now)
+
+
+def _wallet_values(wallet_id: str, operator_id: int, **values: Any) -> dict[str, Any]:
+    return {"wallet_id": wallet_id, "operator_id": operator_id,
+            "account_code": wallet_account_code(wallet_id), **values}
 
 
 def _hashes(salt: bytes, evidence: IdentityEvidence) -> dict[str, Any]:
@@ -247,37 +434,6 @@ def _hashes(salt: bytes, evidence: IdentityEvidence) -> dict[str, Any]:
         "bank_account_hash": optional("bank_account", evidence.bank_account),
         "verified_in_person": evidence.in_person,
     }
-
-
-def _check_same_wallet(
-    connection: Connection,
-    existing: WalletRow,
-    operator_code: str,
-    holder_kind: str,
-    merchant_category_code: str | None,
-    zone: str,
-    evidence: IdentityEvidence,
-) -> None:
-    identity = connection.execute(
-        select(wallet_identities.c.salt, wallet_identities.c.phone_hash).where(
-            wallet_identities.c.wallet_id == existing.id
-        )
-    ).first()
-    same = (
-        identity is not None
-        and existing.parent_id is None
-        and (existing.operator_code, existing.holder_kind, existing.merchant_category_code,
-             existing.zone) == (operator_code, holder_kind, merchant_category_code, zone)
-        and evidence_hash(bytes.fromhex(identity.salt), "phone", evidence.phone)
-        == identity.phone_hash
-    )
-    if not same:
-        raise AlreadyExists(
-            f"wallet {existing.wallet_id} exists for another holder or operator",
-            code="wallet_exists",
-        )
-
-
 def change_class(
     context: LedgerContext,
     wallet_id: str,
@@ -450,11 +606,9 @@ def authorise_sub_wallet(
             raise InvalidRequest("a sub-wallet cannot have sub-wallets",
                                  code="sub_wallet_nesting")
         check_sub_wallet_caps(effective_limits(context, parent), caps)
-        _insert_wallet(
-            connection,
-            wallet_id=sub_wallet_id,
-            operator_id=parent.operator_id,
-            now=context.now(),
+        values = _wallet_values(
+            sub_wallet_id,
+            parent.operator_id,
             holder_kind=parent.holder_kind,
             merchant_category_code=parent.merchant_category_code,
             wallet_class=parent.wallet_class,
@@ -465,6 +619,7 @@ def authorise_sub_wallet(
             cap_daily_outgoing_fen=caps.daily_outgoing_fen_max,
             cap_annual_outgoing_fen=caps.annual_outgoing_fen_max,
         )
+        insert_wallets(connection, [values], now=context.now())
         return _as_wallet(context, load_wallet(connection, sub_wallet_id))
 
 

@@ -9,17 +9,17 @@ each command's simulated moment before its service runs.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Connection, func, select
 
 from cbdc.clock import ManualClock
 from cbdc.domain.errors import CbdcError, Conflict
 from cbdc.domain.identity import IdentityEvidence
-from cbdc.services import funding, keys, merchants, offline, payments, wallets
+from cbdc.services import funding, merchants, offline, payments, wallets
 from cbdc.services.audit import run_audit
 from cbdc.services.context import LedgerContext
 from cbdc.services.issuance_run import Plan, RunReport, execute_plan
@@ -40,8 +40,9 @@ from cbdc.simulation.ports import (
 )
 from cbdc.storage.tables import journal_entries
 
-#: Commands that set the stage for a batch's payments: run first, each at its own moment.
-_STAGE = (OpenWallet, TopUp, PresentRequest)
+_C = TypeVar("_C")
+_R = TypeVar("_R")
+
 
 
 class InProcessLedger:
@@ -67,23 +68,29 @@ class InProcessLedger:
         return execute_plan(self.context, plan)
 
     def submit(self, batch: Sequence[Timed]) -> list[Outcome]:
-        """One unit of work: first what sets the stage (wallets, top-ups, payment requests),
-        each at its own moment; then every signed payment in one :func:`settle_payments` call,
-        and the rest (captures, refunds, withdrawals) in order, all at the batch's last moment:
-        the ledger settles a batch when its window closes. Credits all come before debits, so
-        no payer the driver funded can be short because of the grouping."""
+        """One unit of work, in this order: the batch's wallets open (with their keys) in one
+        :func:`open_wallets` call at the batch's first moment; its payment requests are
+        presented in one call at the first one's moment (no later than any was signed, so none
+        has expired yet); then, at the batch's last moment (the ledger settles a batch when its
+        window closes), its top-ups in one :func:`top_ups` call, every signed payment and
+        capture in one :func:`settle_batch` call, the refunds one by one, and the withdrawals in
+        one :func:`withdrawals` call. The clock never goes back, and credits all come before
+        debits, so no payer the driver funded (nor a merchant sweeping its takings) can be short
+        because of the grouping."""
         outcomes: list[Outcome | None] = [None] * len(batch)
         settles_at = max((timed.at for timed in batch), default=None)
         with self.context.write() as connection:
-            for index, timed in enumerate(batch):
-                if isinstance(timed.command, _STAGE):
-                    outcomes[index] = self._one(connection, timed.at, timed.command)
+            self._open_wallets(batch, outcomes)
+            self._requests(batch, outcomes)
             if settles_at is not None:
+                self._funding(batch, outcomes, TopUp, settles_at)
                 self._payments(connection, batch, outcomes, settles_at)
             for index, timed in enumerate(batch):
-                if outcomes[index] is None:
+                if outcomes[index] is None and not isinstance(timed.command, Withdraw):
                     outcomes[index] = self._one(connection, settles_at or timed.at,
                                                 timed.command)
+            if settles_at is not None:
+                self._funding(batch, outcomes, Withdraw, settles_at)
         assert all(outcome is not None for outcome in outcomes)
         return outcomes  # type: ignore[return-value]
 
@@ -102,63 +109,77 @@ class InProcessLedger:
         savepoint.commit()
         return outcome
 
+    def _requests(self, batch: Sequence[Timed], outcomes: list[Outcome | None]) -> None:
+        self._in_one_call(
+            batch, outcomes, PresentRequest,
+            next((timed.at for timed in batch if isinstance(timed.command, PresentRequest)),
+                 None),
+            lambda commands: merchants.create_payment_requests(
+                self.context, [command.request for command in commands]),
+            lambda _: Outcome(ok=True),
+        )
+
     def _payments(
         self, connection: Connection, batch: Sequence[Timed], outcomes: list[Outcome | None],
         settles_at: datetime,
     ) -> None:
-        indices, envelopes = [], []
+        indices: list[int] = []
+        items: list[Mapping[str, Any] | payments.CodeCapture] = []
         for index, timed in enumerate(batch):
             if isinstance(timed.command, Pay):
-                indices.append(index)
-                envelopes.append(timed.command.payment)
+                items.append(timed.command.payment)
+            elif isinstance(timed.command, Capture):
+                items.append(payments.CodeCapture(timed.command.code, timed.command.capture))
+            else:
+                continue
+            indices.append(index)
         if not indices:
             return
         self.clock.set(settles_at)
         with connection.begin_nested():
-            results = payments.settle_payments(self.context, envelopes)
+            results = payments.settle_batch(self.context, items)
         for index, result in zip(indices, results, strict=True):
             outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
                                else _settled(result))
 
+    def _open_wallets(self, batch: Sequence[Timed], outcomes: list[Outcome | None]) -> None:
+        self._in_one_call(
+            batch, outcomes, OpenWallet, min((timed.at for timed in batch), default=None),
+            lambda commands: wallets.open_wallets(self.context, [_opening(c) for c in commands]),
+            lambda _: Outcome(ok=True),
+        )
+
+    def _funding(self, batch: Sequence[Timed], outcomes: list[Outcome | None],
+                 kind: type[TopUp] | type[Withdraw], settles_at: datetime) -> None:
+        move = funding.top_ups if kind is TopUp else funding.withdrawals
+        self._in_one_call(
+            batch, outcomes, kind, settles_at,
+            lambda commands: move(self.context, [
+                funding.Funding(c.entry_id, c.wallet_id, c.amount_fen) for c in commands]),
+            lambda posted: Outcome(ok=True, replayed=posted.replayed),
+        )
+
+    def _in_one_call(
+        self, batch: Sequence[Timed], outcomes: list[Outcome | None], kind: type[_C],
+        at: datetime | None, call: Callable[[list[_C]], Sequence[_R | CbdcError]],
+        answer: Callable[[_R], Outcome],
+    ) -> None:
+        """The batch's commands of ``kind`` in one service call at ``at``, refusals and all."""
+        chosen = [(index, timed.command) for index, timed in enumerate(batch)
+                  if isinstance(timed.command, kind)]
+        if not chosen or at is None:
+            return
+        self.clock.set(at)
+        results = call([command for _, command in chosen])
+        for (index, _), result in zip(chosen, results, strict=True):
+            outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
+                               else answer(result))
+
     def _apply(self, command: Command) -> Outcome:
         context = self.context
-        if isinstance(command, PresentRequest):
-            merchants.create_payment_request(context, command.request)
-            return Outcome(ok=True)
-        if isinstance(command, Capture):
-            return _settled(merchants.capture_payment_code(context, command.code,
-                                                           command.capture))
         if isinstance(command, Refund):
             return _settled(merchants.refund(context, command.refund))
-        if isinstance(command, TopUp):
-            posted = funding.top_up(context, command.entry_id, command.wallet_id,
-                                    command.amount_fen)
-            return Outcome(ok=True, replayed=posted.replayed)
-        if isinstance(command, Withdraw):
-            posted = funding.withdraw(context, command.entry_id, command.wallet_id,
-                                      command.amount_fen)
-            return Outcome(ok=True, replayed=posted.replayed)
-        if isinstance(command, OpenWallet):
-            return self._open(command)
         raise AssertionError(f"unknown command {command!r}")
-
-    def _open(self, command: OpenWallet) -> Outcome:
-        holder = command.holder
-        wallets.open_wallet(
-            self.context,
-            command.wallet_id,
-            operator_code=command.operator_code,
-            evidence=IdentityEvidence(
-                phone=holder.phone, id_document=holder.id_document,
-                bank_account=holder.bank_account, in_person=holder.in_person,
-            ),
-            zone=command.zone,
-            wallet_class=command.wallet_class,
-            holder_kind="corporate" if command.merchant_category_code else "personal",
-            merchant_category_code=command.merchant_category_code,
-        )
-        keys.enrol_key(self.context, command.wallet_id, command.public_key_hex)
-        return Outcome(ok=True)
 
     def supply(self, hour: int) -> SupplySample:
         report = supply_report(self.context)
@@ -209,6 +230,23 @@ class InProcessLedger:
 
     def close(self) -> None:
         self.context.dispose()
+
+
+def _opening(command: OpenWallet) -> wallets.WalletOpening:
+    holder = command.holder
+    return wallets.WalletOpening(
+        command.wallet_id,
+        operator_code=command.operator_code,
+        evidence=IdentityEvidence(
+            phone=holder.phone, id_document=holder.id_document,
+            bank_account=holder.bank_account, in_person=holder.in_person,
+        ),
+        zone=command.zone,
+        wallet_class=command.wallet_class,
+        holder_kind="corporate" if command.merchant_category_code else "personal",
+        merchant_category_code=command.merchant_category_code,
+        public_key_hex=command.public_key_hex,
+    )
 
 
 def _settled(settlement: payments.Settlement) -> Outcome:

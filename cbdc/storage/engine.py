@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 DEFAULT_DATABASE_URL = "sqlite:///cbdc.sqlite3"
 ENV_DATABASE_URL = "CBDC_DATABASE_URL"
@@ -72,6 +73,18 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
 
 def is_sqlite(engine_or_connection: Engine | Connection) -> bool:
     return engine_or_connection.dialect.name == "sqlite"
+
+
+#: SQLSTATEs of a unit of work that lost a race and may simply be run again on a fresh snapshot:
+#: a unique key taken meanwhile, a statement after such an error in the same transaction,
+#: a serialization failure, a deadlock.
+RETRYABLE_SQLSTATES = frozenset({"23505", "25P02", "40001", "40P01"})
+
+
+def lost_a_race(error: DBAPIError) -> bool:
+    """Did this unit of work fail only because a concurrent one committed first? (PostgreSQL;
+    SQLite's BEGIN IMMEDIATE serialises writers, so its errors are never this.)"""
+    return getattr(error.orig, "sqlstate", None) in RETRYABLE_SQLSTATES
 
 
 @contextmanager

@@ -312,14 +312,21 @@ def _as_utc(moment: datetime) -> datetime:
     return moment.astimezone(UTC)
 
 
+def recorded_entries(
+    connection: Connection, drafts: Sequence[EntryDraft]
+) -> list[PostedEntry | CbdcError | None]:
+    """For each draft (entry ids distinct): its first result if its entry id was posted with the
+    same content, an EntryConflict if with other content, None if never posted. Services ask
+    before their own checks so that a repeat returns the first result even when the checks
+    would now fail."""
+    results: list[PostedEntry | CbdcError | None] = [None] * len(drafts)
+    _resolve_repeats(connection, list(enumerate(drafts)), results, atomic=False)
+    return results
+
+
 def recorded_entry(connection: Connection, draft: EntryDraft) -> PostedEntry | None:
-    """The first result if ``draft.entry_id`` was posted with the same content; None if never
-    posted; EntryConflict if it was posted with other content. Services call this before their
-    own checks so that a repeat returns the first result even when the checks would now fail."""
-    results: list[PostedEntry | CbdcError | None] = [None]
-    remaining = _resolve_repeats(connection, [(0, draft)], results, atomic=True)
-    if remaining:
-        return None
-    result = results[0]
-    assert isinstance(result, PostedEntry)
-    return result
+    """:func:`recorded_entries` for one draft; the EntryConflict is raised."""
+    (first,) = recorded_entries(connection, [draft])
+    if isinstance(first, CbdcError):
+        raise first
+    return first

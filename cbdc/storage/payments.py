@@ -1,5 +1,6 @@
 """The settlement hot path's writes and reads around the journal: the payment row (whose unique
-keys refuse replays), the payer's running limit counters and the key's sequence.
+keys refuse replays), the payer's running limit counters and the key's sequence, the payment
+requests paid and the payment codes captured.
 
 Statements are written once and sent straight to the driver, as in :mod:`cbdc.storage.journal`:
 one payment runs several of them, and compiling Core constructs per call would cost more than
@@ -9,9 +10,9 @@ and key rows these statements touch.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Connection
@@ -35,6 +36,25 @@ _SAVE_USAGE = (
 )
 _SAVE_SEQUENCE = "UPDATE wallet_keys SET last_sequence = ? WHERE id = ?"
 _ADD_REFUNDED = "UPDATE payments SET refunded_fen = refunded_fen + ? WHERE id = ?"
+_FIND_REQUESTS = (
+    "SELECT r.id, r.request_id, w.wallet_id AS merchant, r.amount_fen, r.reference,"
+    " r.expires_at, r.status, r.message_hash, r.envelope_json"
+    " FROM payment_requests r JOIN wallets w ON w.id = r.merchant_wallet_id"
+    " WHERE r.request_id IN ({marks})"
+)
+_INSERT_REQUEST = (
+    "INSERT INTO payment_requests (request_id, merchant_wallet_id, key_id, amount_fen,"
+    " reference, expires_at, message_hash, envelope_json, status, created_at)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'open', ?)"
+)
+_MARK_REQUEST_PAID = "UPDATE payment_requests SET status = 'paid', paid_payment_id = ? WHERE id = ?"
+_USED_CODES = "SELECT code_id FROM payment_codes WHERE code_id IN ({marks})"
+_INSERT_CODE = (
+    "INSERT INTO payment_codes (code_id, payer_wallet_id, merchant_wallet_id, key_id,"
+    " max_amount_fen, expires_at, message_json, message_hash, signature, captured_payment_id,"
+    " captured_fen) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+_ACCOUNT_BALANCES = "SELECT id, balance_fen FROM accounts WHERE id IN ({marks})"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,6 +88,51 @@ class NewPayment:
     swept_fen: int
     receipt_json: str
     settled_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRecord:
+    """A recorded payment request."""
+
+    id: int
+    request_id: str
+    merchant: str
+    amount_fen: int
+    reference: str
+    expires_at: datetime
+    status: str
+    message_hash: str
+    envelope_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class NewRequest:
+    request_id: str
+    merchant_wallet_row_id: int
+    key_id: int
+    amount_fen: int
+    reference: str
+    expires_at: datetime
+    message_hash: str
+    envelope_json: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class NewCode:
+    """A captured payment code: its unique code id refuses a second capture, forever."""
+
+    code_id: str
+    payer_wallet_row_id: int
+    merchant_wallet_row_id: int | None
+    key_id: int
+    max_amount_fen: int
+    expires_at: datetime
+    message_json: str
+    message_hash: str
+    signature: str
+    captured_payment_row_id: int
+    captured_fen: int
 
 
 def find_payment(connection: Connection, payment_id: str) -> PaymentRecord | None:
@@ -157,6 +222,80 @@ def save_key_sequence(connection: Connection, key_id: int, sequence: int) -> Non
 def add_refunded(connection: Connection, payment_row_id: int, amount_fen: int) -> None:
     """Raise the refunded total; the CHECK ``refunded_fen <= amount_fen`` has the last word."""
     connection.exec_driver_sql(driver_sql(connection, _ADD_REFUNDED), (amount_fen, payment_row_id))
+
+
+def find_requests(
+    connection: Connection, request_ids: Collection[str]
+) -> dict[str, RequestRecord]:
+    """The recorded payment requests among ``request_ids``, by request id (one query)."""
+    if not request_ids:
+        return {}
+    rows = _select_in(connection, _FIND_REQUESTS, sorted(request_ids))
+    return {
+        row.request_id: RequestRecord(
+            row.id, row.request_id, row.merchant, row.amount_fen, row.reference,
+            _loaded_time(row.expires_at), row.status, row.message_hash, row.envelope_json,
+        )
+        for row in rows
+    }
+
+
+def insert_requests(connection: Connection, new: Sequence[NewRequest]) -> None:
+    if new:
+        connection.exec_driver_sql(driver_sql(connection, _INSERT_REQUEST), [
+            (request.request_id, request.merchant_wallet_row_id, request.key_id,
+             request.amount_fen, request.reference, _stored_time(connection, request.expires_at),
+             request.message_hash, request.envelope_json,
+             _stored_time(connection, request.created_at))
+            for request in new
+        ])
+
+
+def mark_requests_paid(connection: Connection, paid: Mapping[int, int]) -> None:
+    """Payment request row id -> the row id of the payment that paid it."""
+    if paid:
+        connection.exec_driver_sql(
+            driver_sql(connection, _MARK_REQUEST_PAID),
+            [(payment_row_id, request_row_id) for request_row_id, payment_row_id in paid.items()],
+        )
+
+
+def used_codes(connection: Connection, code_ids: Collection[str]) -> set[str]:
+    """Which of ``code_ids`` were captured already."""
+    if not code_ids:
+        return set()
+    return {row.code_id for row in _select_in(connection, _USED_CODES, sorted(code_ids))}
+
+
+def insert_codes(connection: Connection, new: Sequence[NewCode]) -> None:
+    if new:
+        connection.exec_driver_sql(driver_sql(connection, _INSERT_CODE), [
+            (code.code_id, code.payer_wallet_row_id, code.merchant_wallet_row_id, code.key_id,
+             code.max_amount_fen, _stored_time(connection, code.expires_at), code.message_json,
+             code.message_hash, code.signature, code.captured_payment_row_id, code.captured_fen)
+            for code in new
+        ])
+
+
+def account_balances(connection: Connection, account_ids: Collection[int]) -> dict[int, int]:
+    """Balances by account id (no lock: :func:`cbdc.storage.journal.post_entries` locks what it
+    changes and refuses an overdraft whatever was read here)."""
+    if not account_ids:
+        return {}
+    rows = _select_in(connection, _ACCOUNT_BALANCES, sorted(account_ids))
+    return {int(row.id): int(row.balance_fen) for row in rows}
+
+
+def _select_in(connection: Connection, sql: str, values: list[Any]) -> Any:
+    marks = ", ".join("?" for _ in values)
+    return connection.exec_driver_sql(driver_sql(connection, sql.format(marks=marks)),
+                                      tuple(values))
+
+
+def _loaded_time(value: datetime | str) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite hands back the text it keeps)."""
+    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 def _stored_time(connection: Connection, moment: datetime) -> datetime | str:

@@ -10,17 +10,17 @@ directions never deadlock.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date
+from datetime import UTC, date, datetime
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, insert, select
 
 from cbdc.domain.errors import NotFound
 from cbdc.domain.tiers import Limits, Usage
 from cbdc.storage.journal import PostedEntry
-from cbdc.storage.tables import journal_entries, wallets
+from cbdc.storage.tables import accounts, journal_entries, wallet_identities, wallet_keys, wallets
 
 _parents = wallets.alias("parents")
 
@@ -161,6 +161,63 @@ def open_sub_wallet_ids(connection: Connection, parent_id: int) -> list[str]:
             .order_by(wallets.c.id)
         ).scalars()
     )
+
+
+def load_identities(
+    connection: Connection, wallet_row_ids: Iterable[int]
+) -> dict[int, tuple[bytes, str]]:
+    """The salt and phone hash the operator holds for each wallet (by ``wallets.id``) that has
+    identity evidence on record (sub-wallets have none)."""
+    wanted = sorted(set(wallet_row_ids))
+    if not wanted:
+        return {}
+    rows = connection.execute(
+        select(wallet_identities.c.wallet_id, wallet_identities.c.salt,
+               wallet_identities.c.phone_hash)
+        .where(wallet_identities.c.wallet_id.in_(wanted))
+    )
+    return {row.wallet_id: (bytes.fromhex(row.salt), row.phone_hash) for row in rows}
+
+
+def insert_wallets(
+    connection: Connection, rows: Sequence[Mapping[str, Any]], *, now: datetime
+) -> list[int]:
+    """Insert active wallets with fresh limit counters, each with a new account of kind
+    ``wallet`` held at its operator: two batched statements. Each row holds the wallet's column
+    values and ``account_code``; the rows of one call hold the same columns. Returns the new
+    ``wallets.id`` values, in order."""
+    if not rows:
+        return []
+    account_ids = connection.execute(
+        insert(accounts).returning(accounts.c.id, sort_by_parameter_order=True),
+        [{"code": row["account_code"], "kind": "wallet", "institution_id": row["operator_id"],
+          "created_at": now} for row in rows],
+    ).scalars().all()
+    usage = Usage.fresh(now)
+    fresh = {"status": "active", "usage_day": usage.day, "usage_year": usage.year,
+             "spent_day_fen": 0, "spent_year_fen": 0, "created_at": now}
+    wallet_rows = [
+        {**{name: value for name, value in row.items() if name != "account_code"}, **fresh,
+         "account_id": account_id}
+        for row, account_id in zip(rows, account_ids, strict=True)
+    ]
+    return list(
+        connection.execute(
+            insert(wallets).returning(wallets.c.id, sort_by_parameter_order=True), wallet_rows
+        ).scalars().all()
+    )
+
+
+def insert_keys(
+    connection: Connection, keys: Sequence[tuple[str, int]], *, now: datetime
+) -> None:
+    """Enrol active keys, each ``(public key hex, wallets.id)``, in one batched statement."""
+    if keys:
+        connection.execute(
+            insert(wallet_keys),
+            [{"public_key": public_key, "wallet_id": wallet_row_id, "status": "active",
+              "last_sequence": 0, "enrolled_at": now} for public_key, wallet_row_id in keys],
+        )
 
 
 @dataclass(frozen=True, slots=True)

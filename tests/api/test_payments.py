@@ -4,6 +4,8 @@ bearer key alone moves nothing."""
 
 from __future__ import annotations
 
+import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -237,3 +239,62 @@ def test_customer_code_captured_then_refunded_half_twice(
         "application/problem+json"
     assert balance(client, keys.bank_a, "w-carol") == yuan(1_000)
     assert balance(client, keys.bank_b, "w-noodles") == 0
+
+
+def test_parallel_submissions_of_one_payment_under_different_keys_settle_it_once(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock, ledger: LedgerContext
+) -> None:
+    """Two apps of one customer retry the same signed payment with keys of their own, at once:
+    one settlement, every answer its receipt, never a server error."""
+    body = payment(parties, clock, "pay-raced", 1_999, 1)
+    length = journal_length(ledger)
+
+    def send(number: int) -> Any:
+        return client.post("/v1/payments", json=body,
+                           headers=auth(keys.bank_a, f"race-{number}"))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(send, range(16)))
+    assert [a.status_code for a in answers] == [201] * 16, [a.text for a in answers]
+    receipts = {json.dumps(a.json()["receipt"], sort_keys=True) for a in answers}
+    assert len(receipts) == 1
+    assert sum(not a.json()["replayed"] for a in answers) == 1
+    assert journal_length(ledger) == length + 1
+    assert balance(client, keys.bank_a, "w-carol") == yuan(1_000) - 1_999
+
+
+def test_two_payers_racing_for_one_payment_id_get_one_settlement_and_one_conflict(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock, ledger: LedgerContext
+) -> None:
+    """Two customers' apps pick the same payment id at the same moment (their wallets lock
+    apart, so only the id's unique key meets): one settles, every other answer is the stored
+    receipt or ``payment_conflict``, never a server error."""
+    open_wallet(client, keys.bank_b, "w-dave", wallet_class=3,
+                evidence={"phone": "+8613800000004", "id_document": "110101199001015678"})
+    fund(client, keys.bank_b, "w-dave", yuan(1_000), "t-dave")
+    open_wallet(client, keys.bank_b, "w-tea", wallet_class=2, holder_kind="corporate",
+                merchant_category_code="5814", evidence=FULL_EVIDENCE)
+    dave = WalletKey.generate()
+    enrolled = client.post("/v1/wallets/w-dave/keys", json={"public_key": dave.public_key_hex},
+                           headers=auth(keys.bank_b))
+    assert enrolled.status_code == 201
+    carols = payment(parties, clock, "pay-same-id", 1_000, 1)
+    daves = dict(build_payment(dave, ledger_id=parties.ledger_id, payment_id="pay-same-id",
+                               payer="w-dave", payee="w-tea", amount_fen=2_000, sequence=1,
+                               created_at=clock.now()))
+    length = journal_length(ledger)
+
+    def send(number: int) -> Any:
+        body, bank = (carols, keys.bank_a) if number % 2 else (daves, keys.bank_b)
+        return client.post("/v1/payments", json=body, headers=money_headers(bank))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(send, range(16)))
+    statuses = sorted({a.status_code for a in answers})
+    assert statuses == [201, 409], [a.text for a in answers]
+    winners = {a.json()["payer"] for a in answers if a.status_code == 201}
+    assert len(winners) == 1
+    for answer in answers:
+        if answer.status_code == 409:
+            assert_problem(answer, 409, "payment_conflict")
+    assert journal_length(ledger) == length + 1

@@ -3,13 +3,16 @@ frozen, paged through and closed; sub-wallets and keys; every refusal a problem 
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from fastapi.testclient import TestClient
+from sqlalchemy import func, select
 
 from cbdc.client import WalletKey
 from cbdc.domain.money import yuan
 from cbdc.services.context import LedgerContext
+from cbdc.storage.tables import wallets
 from tests.api.conftest import Keys, assert_problem, auth, money_headers, snapshot
 
 PHONE = "+86 138 0013 8000"
@@ -186,3 +189,30 @@ def test_wallet_fields_that_are_not_inputs_are_refused(
     assert snapshot(ledger) == before
     assert_problem(client.get("/v1/wallets/w-eve", headers=auth(keys.bank_a)), 404,
                    "wallet_not_found")
+
+
+def test_parallel_openings_of_one_wallet_id_open_it_once_and_never_fail(
+    client: TestClient, keys: Keys, ledger: LedgerContext
+) -> None:
+    """Sixteen clerks at two operators press "open" for the same wallet id at once: one wallet,
+    and every other answer is the wallet (a repeat), a conflict, or a clean 409 asking to retry:
+    never a server error."""
+
+    def send(number: int) -> Any:
+        bank = keys.bank_a if number % 2 else keys.bank_b
+        body = {"wallet_id": "w-raced", "zone": "shenzhen", "evidence": {"phone": PHONE}}
+        return client.post("/v1/wallets", json=body, headers=auth(bank))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(send, range(16)))
+    assert all(a.status_code in (200, 201, 404, 409) for a in answers), [a.text for a in answers]
+    opened = [a.json() for a in answers if a.status_code in (200, 201)]
+    assert opened and {o["wallet_id"] for o in opened} == {"w-raced"}
+    for answer in answers:
+        if answer.status_code >= 400:
+            assert answer.headers["content-type"] == "application/problem+json"
+    with ledger.read() as connection:
+        count = connection.execute(
+            select(func.count()).select_from(wallets).where(wallets.c.wallet_id == "w-raced")
+        ).scalar_one()
+    assert count == 1

@@ -18,8 +18,9 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from cbdc.cli import app
-from cbdc.domain.errors import InvalidPlan
+from cbdc.domain.errors import InvalidPlan, InvalidRequest
 from cbdc.domain.money import yuan
+from cbdc.services import issuance
 from cbdc.services.audit import run_audit
 from cbdc.services.context import LedgerContext
 from cbdc.services.issuance_run import execute_plan, load_plan
@@ -195,6 +196,12 @@ ONE_OPERATOR = '[[operators]]\ncode = "ICBC"\nname = "ICBC"\nquota = "100.00"\n'
          '[[orders]]\noperator = "ICBC"\namount = "1.00"\n', "quoted yuan string"),
         (VALID_HEADER + '[[operators]]\ncode = "x y"\nname = "X"\n'
          '[[orders]]\noperator = "x y"\namount = "1.00"\n', "operator code"),
+        (VALID_HEADER + '[[operators]]\ncode = "ICBC"\nname = "ICBC\\nHead Office"\n'
+         '[[orders]]\noperator = "ICBC"\namount = "1.00"\n', "contains U+000A"),
+        (VALID_HEADER + '[[operators]]\ncode = "ICBC"\nname = "ICBC \\u202eevil"\n'
+         '[[orders]]\noperator = "ICBC"\namount = "1.00"\n', "contains U+202E"),
+        (VALID_HEADER + '[[operators]]\ncode = "ICBC"\nname = ""\n'
+         '[[orders]]\noperator = "ICBC"\namount = "1.00"\n', "operator name must be 1-200"),
     ],
 )
 def test_invalid_plans_are_refused_and_change_nothing(
@@ -213,6 +220,22 @@ def test_invalid_plans_are_refused_and_change_nothing(
     assert "[plan_invalid]" in output
     assert why in " ".join(output.split())
     assert (journal_count(ledger), _institution_count(ledger)) == before
+
+
+@pytest.mark.parametrize(
+    "name", ["ICBC\nHead Office", "ICBC\x00", "ICBC\x85", "ICBC \u202eevil", "", "I" * 201]
+)
+def test_the_service_refuses_operator_names_that_do_not_print_as_they_read(
+    ledger: LedgerContext, name: str
+) -> None:
+    """The API's schema refuses control characters; the CLI and other callers reach the service
+    directly, which refuses them too, and more (C1 controls, bidirectional overrides)."""
+    before = _institution_count(ledger)
+    with pytest.raises(InvalidRequest) as refused:
+        issuance.create_operator(ledger, "ICBC", name)
+    assert refused.value.code == "name_invalid"
+    assert _institution_count(ledger) == before
+    assert issuance.create_operator(ledger, "ICBC", "ICBC Head Office").name == "ICBC Head Office"
 
 
 def _institution_count(ledger: LedgerContext) -> int:

@@ -31,7 +31,13 @@ from cbdc.services import keys, merchants, wallets
 from cbdc.services.audit import run_audit
 from cbdc.services.context import LedgerContext
 from cbdc.services.funding import top_up, withdraw
-from cbdc.services.payments import Settlement, ledger_public_key_hex, settle_payment
+from cbdc.services.payments import (
+    CodeCapture,
+    Settlement,
+    ledger_public_key_hex,
+    settle_batch,
+    settle_payment,
+)
 from tests.wallet_helpers import Holder, float_balance, funded_operator, new_wallet, snapshot
 
 
@@ -181,6 +187,105 @@ def test_a_payment_code_is_captured_once_within_its_maximum_and_expiry(
             lambda: merchants.capture_payment_code(ledger, revoked, capture))
     assert balance(ledger, "w-carol") == yuan(960)
     assert run_audit(ledger).ok
+
+
+def test_only_a_merchant_captures_a_payment_code(
+    ledger: LedgerContext, shop: tuple[Holder, Holder]
+) -> None:
+    """Carol shows a code for 30 CNY. Dan, a personal wallet, scans it and tries to collect:
+    refused (``not_a_merchant``), and nothing moves, so the code is still good and the noodle
+    shop captures it a minute later. The check comes after the wallets' statuses and before the
+    code's expiry: a frozen Dan is told he is frozen, an expired code shown to Dan is still
+    refused because Dan is no merchant."""
+    noodles, carol = shop
+    new_wallet(ledger, "w-dan", 4, phone="+8613800000004")
+    dan = Holder(ledger, "w-dan")
+    code, by_dan = code_and_capture(ledger, carol, dan, "code-1", "cap-dan", yuan(30),
+                                    max_amount_fen=yuan(30), seconds=120)
+    refused(ledger, "not_a_merchant",
+            lambda: merchants.capture_payment_code(ledger, code, by_dan))
+    ledger.clock.advance(timedelta(minutes=1))  # type: ignore[attr-defined]
+    by_shop = build_capture(noodles.key, ledger_id=ledger.ledger_id, capture_id="cap-shop",
+                            code_id="code-1", merchant="w-noodles", amount_fen=yuan(30),
+                            created_at=ledger.now())
+    settlement = merchants.capture_payment_code(ledger, code, by_shop)
+    assert (settlement.payer, settlement.payee, settlement.amount_fen) == (
+        "w-carol", "w-noodles", yuan(30))
+    assert (balance(ledger, "w-carol"), balance(ledger, "w-noodles")) == (yuan(970), yuan(30))
+
+    late, by_dan = code_and_capture(ledger, carol, dan, "code-2", "cap-dan-2", yuan(1),
+                                    max_amount_fen=yuan(5), seconds=30)
+    ledger.clock.advance(timedelta(seconds=30))  # type: ignore[attr-defined]
+    refused(ledger, "not_a_merchant", lambda: merchants.capture_payment_code(ledger, late, by_dan))
+    wallets.freeze(ledger, "w-dan")
+    refused(ledger, "wallet_frozen",
+            lambda: merchants.capture_payment_code(ledger, late, by_dan))
+    assert run_audit(ledger).ok
+
+
+def test_worked_example_a_lunchtime_batch_settles_payments_and_captures_together(
+    ledger: LedgerContext, shop: tuple[Holder, Holder]
+) -> None:
+    """At 12:30 the ledger settles one batch: Carol pays the noodle shop's QR request (38 CNY),
+    the shop captures Erin's code (45 CNY), captures it again under another id (refused: the
+    code is used), Dan tries to collect Erin's second code (refused: not a merchant), and Erin
+    sends Carol 20 CNY. What settles is posted in one go, in batch order; the refusals change
+    nothing; every answer is what the command would have got alone."""
+    noodles, carol = shop
+    new_wallet(ledger, "w-erin", 3, phone="+8613800000005")
+    top_up(ledger, "t-erin", "w-erin", yuan(200))
+    new_wallet(ledger, "w-dan", 4, phone="+8613800000004")
+    erin, dan = Holder(ledger, "w-erin"), Holder(ledger, "w-dan")
+    noodles_qr = merchants.create_payment_request(ledger, request(ledger, noodles, "req-1",
+                                                                  yuan(38)))
+    code, capture = code_and_capture(ledger, erin, noodles, "code-e1", "cap-1", yuan(45),
+                                     max_amount_fen=yuan(50))
+    _, again = code_and_capture(ledger, erin, noodles, "code-e1", "cap-2", yuan(5),
+                                max_amount_fen=yuan(50))
+    second_code, by_dan = code_and_capture(ledger, erin, dan, "code-e2", "cap-3", yuan(5),
+                                           max_amount_fen=yuan(5))
+    answers = settle_batch(ledger, [
+        pay_request(ledger, carol, noodles_qr.qr, "p-carol"),
+        CodeCapture(code, capture),
+        CodeCapture(code, again),
+        CodeCapture(second_code, by_dan),
+        erin.payment("w-carol", yuan(20), "p-erin"),
+    ])
+    outcomes = [a.code if isinstance(a, CbdcError) else (a.kind, a.amount_fen) for a in answers]
+    assert outcomes == [("payment", yuan(38)), ("capture", yuan(45)), "payment_code_used",
+                        "not_a_merchant", ("payment", yuan(20))]
+    settled = [a for a in answers if isinstance(a, Settlement)]
+    assert [s.entry_seq for s in settled] == list(range(settled[0].entry_seq,
+                                                        settled[0].entry_seq + 3))
+    assert balance(ledger, "w-noodles") == yuan(38 + 45)
+    assert balance(ledger, "w-erin") == yuan(200 - 45 - 20)
+    assert balance(ledger, "w-carol") == yuan(1_000 - 38 + 20)
+    assert merchants.get_payment_request(ledger, "req-1").status == "paid"
+    # The used code stays used outside the batch, and Dan's refusal left code-e2 unused.
+    refused(ledger, "payment_code_used",
+            lambda: merchants.capture_payment_code(ledger, code, again))
+    _, by_shop = code_and_capture(ledger, erin, noodles, "code-e2", "cap-4", yuan(5),
+                                  max_amount_fen=yuan(5))
+    assert merchants.capture_payment_code(ledger, second_code, by_shop).amount_fen == yuan(5)
+    assert run_audit(ledger).ok
+
+
+def test_a_batch_of_payment_requests_answers_each_as_alone(
+    ledger: LedgerContext, shop: tuple[Holder, Holder]
+) -> None:
+    """The shop presents four QR codes at once: a new one, the same one again (its record),
+    one reusing that id with another amount (conflict), and Carol, no merchant, presents one."""
+    noodles, carol = shop
+    first = request(ledger, noodles, "req-1", yuan(38))
+    answers = merchants.create_payment_requests(ledger, [
+        first, first, request(ledger, noodles, "req-1", yuan(39)),
+        request(ledger, carol, "req-2", yuan(1)),
+    ])
+    created, repeat, clash, not_merchant = answers
+    assert isinstance(created, merchants.PaymentRequest) and repeat == created
+    assert created == merchants.get_payment_request(ledger, "req-1")
+    assert isinstance(clash, CbdcError) and clash.code == "payment_request_conflict"
+    assert isinstance(not_merchant, CbdcError) and not_merchant.code == "not_a_merchant"
 
 
 def refund_of(ledger: LedgerContext, merchant: Holder, refund_id: str, payment_id: str,

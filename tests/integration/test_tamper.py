@@ -153,6 +153,22 @@ def test_changed_posting_amount_is_named(books: LedgerContext, database_url: str
     assert_cli_names(database_url, report, "entry 5 (i-3)", "account op:ICBC:float")
 
 
+def test_rewritten_metadata_text_is_named_even_when_it_means_the_same(
+    books: LedgerContext, database_url: str
+) -> None:
+    """The stored metadata is hashed as written: re-spacing it (same JSON object) is an
+    alteration too, and so is changing what it says."""
+    with tampering(database_url) as execute:
+        execute("UPDATE journal_entries SET metadata_json = "
+                "REPLACE(metadata_json, '\"operator\":', '\"operator\": ') "
+                "WHERE entry_id = 'i-2'")
+        (text,) = execute("SELECT metadata_json FROM journal_entries WHERE entry_id = 'i-2'")[0]
+        assert '"operator": ' in text
+    found = by_code(run_audit(books))
+    assert [f.subject for f in found["entry_hash_mismatch"]] == ["entry 4 (i-2)"]
+    assert set(found) == {"entry_hash_mismatch"}
+
+
 def test_deleted_entry_is_named(books: LedgerContext, database_url: str) -> None:
     with tampering(database_url) as execute:
         seq = seq_of(execute, "i-2")

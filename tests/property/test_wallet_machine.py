@@ -346,6 +346,8 @@ class Model:
         )
         if refusal is not None:
             return refusal
+        if not self.wallets[merchant].merchant:
+            return Refusal("not_a_merchant")
         if now >= parse_time(code["expires_at"]):
             return Refusal("payment_code_expired")
         return self.plan(payer, merchant, capture["amount_fen"], now, spending=True)
