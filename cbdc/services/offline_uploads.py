@@ -7,7 +7,8 @@ as often as they like. For each batch, in order:
    this ledger). An envelope carrying exactly the certificates the ledger issued to the device
    it names needs no chain verification (the ledger signed that chain): it is checked here and
    its signature verified on two threads, chunk by chunk while the next chunk is prepared
-   (PyNaCl releases the GIL while it verifies). Any other envelope goes through
+   (PyNaCl releases the GIL while it verifies), unless the ledger already holds the payment
+   with this very signature (verified when stored). Any other envelope goes through
    :func:`cbdc.offline.batch.authenticate_many` in full, on two worker processes for large
    batches. Forged or altered ones are refused, each named in an ``offline_forged`` fraud case
    against the device it claims (a forgery proves nothing against that device's key, so it is
@@ -20,6 +21,10 @@ as often as they like. For each batch, in order:
 4. a new revocation list is published if a device was revoked; the uploader is handed it, and
    a sync receipt signed by its operator: its own payments through ``synced_counter`` are on
    the ledger, and the received payments it uploaded that are now paid.
+
+:func:`upload_offline_batches` takes several devices' uploads at once (devices that go online
+together) and answers each exactly as one-by-one uploads would; uploads that name no common
+device share steps 2-4 (see its docstring).
 """
 
 from __future__ import annotations
