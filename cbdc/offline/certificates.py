@@ -104,12 +104,16 @@ class Certificate:
     signature: bytes
 
     def __post_init__(self) -> None:
-        role = self.message.get("role") if isinstance(self.message, Mapping) else None
-        if role != self.role_expected():
-            raise FieldInvalid(
-                f"expected a certificate of role {self.role_expected()!r}", field="role"
-            )
+        self._check_role(self.message)
         object.__setattr__(self, "message", messages.validate(CERTIFICATE, self.message))
+
+    @classmethod
+    def _check_role(cls, message: Any) -> None:
+        role = message.get("role") if isinstance(message, Mapping) else None
+        if role != cls.role_expected():
+            raise FieldInvalid(
+                f"expected a certificate of role {cls.role_expected()!r}", field="role"
+            )
 
     @staticmethod
     def role_expected() -> str:
@@ -118,7 +122,13 @@ class Certificate:
     @classmethod
     def from_envelope(cls, envelope: Any) -> Self:
         message, signature = messages.open_envelope(CERTIFICATE, envelope)
-        return cls(message, signature)
+        # open_envelope validated the message; validating a validated message again (as
+        # __post_init__ would) returns an equal copy, so only the role is left to check.
+        cls._check_role(message)
+        certificate = object.__new__(cls)
+        object.__setattr__(certificate, "message", message)
+        object.__setattr__(certificate, "signature", signature)
+        return certificate
 
     def to_envelope(self) -> dict[str, Any]:
         return {"message": dict(self.message), "signature": self.signature.hex()}
@@ -277,13 +287,17 @@ def verify_chain(
     device_certificate: DeviceCertificate,
     operator_certificate: OperatorCertificate,
     root_public_key: bytes,
+    *,
+    operator_verified: bool = False,
 ) -> None:
     """Check the signatures and links of root -> operator -> device (no time, no revocation).
 
-    Order: the operator certificate is signed by the pinned root; the device certificate names
-    that operator and is signed by its key; both are for the same ledger.
+    Order: the operator certificate is signed by the pinned root (skipped when the caller has
+    already verified this very certificate under this root: ``operator_verified``); the device
+    certificate names that operator and is signed by its key; both are for the same ledger.
     """
-    operator_certificate.check_signed_by(root_public_key)
+    if not operator_verified:
+        operator_certificate.check_signed_by(root_public_key)
     if (
         device_certificate.issuer != operator_certificate.operator_id
         or device_certificate.ledger_id != operator_certificate.ledger_id

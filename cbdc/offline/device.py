@@ -13,6 +13,7 @@ the device drops it from pending on the operator's sync receipt. Time is always 
 from __future__ import annotations
 
 import copy
+import hashlib
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -27,6 +28,7 @@ from cbdc.domain.errors import (
     SyncRefused,
 )
 from cbdc.domain.money import check_amount
+from cbdc.domain.signing import signed_bytes
 from cbdc.offline import messages
 from cbdc.offline.certificates import (
     NO_REVOCATIONS,
@@ -97,6 +99,9 @@ class SecureElement:
         self._received: dict[str, VerifiedPayment] = {}
         self._settled: set[str] = set()
         self._last_seen: dict[str, tuple[int, str]] = {}
+        # Certificate chains (signed bytes and signatures) this device verified under its
+        # pinned root: a payee checks each payer's chain once, not at every payment.
+        self._verified_chains: set[tuple[bytes, bytes]] = set()
 
     # --- views ----------------------------------------------------------------------------
 
@@ -135,7 +140,7 @@ class SecureElement:
 
     def payments_made(self) -> tuple[dict[str, Any], ...]:
         """The device's own payment envelopes, in counter order (uploaded when it syncs)."""
-        return tuple(copy.deepcopy(self._made))
+        return tuple(_json_copy(envelope) for envelope in self._made)
 
     def payments_received(self) -> tuple[VerifiedPayment, ...]:
         return tuple(self._received.values())
@@ -188,8 +193,10 @@ class SecureElement:
     def install_revocation_list(self, envelope: Any) -> RevocationSnapshot:
         """Install a newer root-signed revocation list; re-installing the current one is a
         no-op, an older or conflicting one is refused (``revocation_list_stale``)."""
-        snapshot = verify_revocation_list(envelope, self.root_public_key, self.ledger_id)
         current = self._revocations
+        if current.envelope is not None and envelope == current.envelope:
+            return current  # verified when it was installed
+        snapshot = verify_revocation_list(envelope, self.root_public_key, self.ledger_id)
         if snapshot.number == current.number and snapshot.envelope == current.envelope:
             return current
         if snapshot.number <= current.number:
@@ -302,16 +309,17 @@ class SecureElement:
             "created_at": format_time(now),
             "prev_hash": self._last_payment_hash,
         }
-        sealed = messages.seal(self.__signing_key, OFFLINE_PAYMENT, message)
-        envelope = payment_envelope(
-            sealed["message"], bytes.fromhex(sealed["signature"]), certificate, operator_certificate
-        )
+        plain = messages.validate(OFFLINE_PAYMENT, message)
+        signed = signed_bytes(OFFLINE_PAYMENT, plain)  # canonicalised once: signed and hashed
+        signature = bytes(self.__signing_key.sign(signed).signature)
+        envelope = payment_envelope(plain, signature, certificate, operator_certificate)
         self._counter = counter
-        self._last_payment_hash = messages.message_hash(OFFLINE_PAYMENT, sealed["message"])
+        self._last_payment_hash = hashlib.sha256(signed).hexdigest()
         self._balance_fen -= amount_fen
         self._paid_fen_total += amount_fen
         self._made.append(envelope)
-        return copy.deepcopy(envelope)
+        copied: dict[str, Any] = _json_copy(envelope)
+        return copied
 
     def _check_can_spend(self, caps: OfflineCaps, amount_fen: int) -> None:
         if amount_fen > caps.payment_fen_max:
@@ -349,7 +357,8 @@ class SecureElement:
         """
         certificate, _ = self._chain()
         payment = verify_offline_payment(
-            envelope, self.root_public_key, self._revocations, now, ledger_id=self.ledger_id
+            envelope, self.root_public_key, self._revocations, now, ledger_id=self.ledger_id,
+            verified_chains=self._verified_chains,
         )
         if (payment.payee_device, payment.payee_wallet) != (
             certificate.device_id,
@@ -409,3 +418,13 @@ class SecureElement:
                 "the device has no certificate yet", code="offline_device_uncertified"
             )
         return self._certificate, self._operator_certificate
+
+
+def _json_copy(value: Any) -> Any:
+    """A deep copy of JSON data (dicts, lists, scalars): what leaves the device is the
+    caller's, and changing it changes nothing inside."""
+    if isinstance(value, dict):
+        return {key: _json_copy(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_copy(item) for item in value]
+    return value

@@ -125,7 +125,8 @@ def authenticate_offline_payment(
 
     ``verified_chains`` (optional, owned by the caller) remembers the chains (signed bytes and
     signature of both certificates) already verified under ``root_public_key``, so a batch of
-    payments from one device checks its chain once.
+    payments from one device checks its chain once; and each operator certificate verified
+    (with empty device bytes), so the root's signature on it is checked once too.
 
     Order: (1) shape of the envelope, payment and certificates (``envelope_invalid``, then
     the field codes of cbdc.domain.messages);
@@ -146,9 +147,12 @@ def authenticate_offline_payment(
         + operator_certificate.signature,
     )
     if verified_chains is None or chain not in verified_chains:
-        verify_chain(certificate, operator_certificate, root_public_key)
+        operator_only = (b"", chain[1])  # the operator's certificate verified on its own
+        verify_chain(certificate, operator_certificate, root_public_key,
+                     operator_verified=verified_chains is not None
+                     and operator_only in verified_chains)
         if verified_chains is not None:
-            verified_chains.add(chain)
+            verified_chains.update((chain, operator_only))
     check_names_certified(message, certificate)
     signing.verify(certificate.public_key, OFFLINE_PAYMENT, message, signature)
     return VerifiedPayment(
@@ -214,13 +218,17 @@ def verify_offline_payment(
     now: datetime,
     *,
     ledger_id: str | None = None,
+    verified_chains: set[tuple[bytes, bytes]] | None = None,
 ) -> VerifiedPayment:
     """Everything a payee can check offline; raises the first failed rule's error.
 
     ``now`` is the verifier's time of acceptance. When ``ledger_id`` is given the payment must
     be for that ledger (``offline_wrong_ledger``), checked right after the shape.
+    ``verified_chains``: as for :func:`authenticate_offline_payment` (a payee that remembers
+    the chains it verified checks each payer's chain once).
     """
-    payment = authenticate_offline_payment(envelope, root_public_key)
+    payment = authenticate_offline_payment(envelope, root_public_key,
+                                           verified_chains=verified_chains)
     if ledger_id is not None and payment.message["ledger_id"] != ledger_id:
         raise OfflineRefused(
             f"payment is for ledger {payment.message['ledger_id']}, not {ledger_id}",

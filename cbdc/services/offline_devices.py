@@ -21,17 +21,20 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from cbdc.domain import signing
 from cbdc.domain.errors import (
     AlreadyExists,
+    CbdcError,
     CertificateRefused,
     Conflict,
+    InsufficientFunds,
     InvalidRequest,
     OfflineRefused,
 )
@@ -43,10 +46,11 @@ from cbdc.offline.messages import UNLOAD, message_hash, open_envelope
 from cbdc.services.context import LedgerContext
 from cbdc.services.offline_keys import operator_authority, root_authority, root_public_key
 from cbdc.services.offline_settlement import FraudCaseView, SettlementRun
-from cbdc.services.wallets import check_active
-from cbdc.storage.journal import PostedEntry, post_entries, post_entry
-from cbdc.storage.offline import DeviceRow, as_utc, load_revocations
+from cbdc.services.wallets import check_active, wallet_account_code
+from cbdc.storage.journal import PostedEntry, post_entries
+from cbdc.storage.offline import DeviceRow, as_utc, device_not_found, load_revocations
 from cbdc.storage.offline import load_device as load_device_row
+from cbdc.storage.offline import load_devices as load_device_rows
 from cbdc.storage.tables import (
     accounts,
     institutions,
@@ -58,7 +62,7 @@ from cbdc.storage.tables import (
     offline_unloads,
     wallets,
 )
-from cbdc.storage.wallets import load_wallet
+from cbdc.storage.wallets import WalletRow, load_wallets, wallet_not_found
 
 DEVICE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,60}$")
 DEVICE_CERTIFICATE_VALIDITY = timedelta(days=365)
@@ -93,66 +97,183 @@ def provision_device(
     """Certify ``device_public_key_hex`` as device ``device_id`` of ``wallet_id``, by the
     wallet's operator, valid from now for ``valid_for``; open the device's escrow account.
 
-    Idempotent on ``device_id``: the same wallet and key return the certificate issued first;
+    Order: the device id (``offline_device_id_invalid``) and key; a device with this id or key
+    (the first provisioned): the same wallet and key return the certificate issued first,
     anything else is ``offline_device_exists`` (or ``offline_device_key_exists`` for a key
-    another device holds)."""
+    another device holds); the wallet exists and is active."""
+    (answer,) = provision_devices(context, [DeviceRequest(device_id, wallet_id,
+                                                          device_public_key_hex)],
+                                  valid_for=valid_for, caps=caps)
+    if isinstance(answer, CbdcError):
+        raise answer
+    return answer
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceRequest:
+    """A wallet asks its operator to certify a device's key."""
+
+    device_id: str
+    wallet_id: str
+    device_public_key_hex: str
+
+
+class _KnownDevice(NamedTuple):
+    order: int
+    device_id: str
+    public_key: str
+    certificate_json: str
+    wallet_id: str
+    operator_code: str
+    registered_at: datetime
+
+
+def provision_devices(
+    context: LedgerContext,
+    requests: Sequence[DeviceRequest],
+    *,
+    valid_for: timedelta = DEVICE_CERTIFICATE_VALIDITY,
+    caps: OfflineCaps | None = None,
+) -> list[ProvisionedDevice | CbdcError]:
+    """Many :func:`provision_device` calls in one unit of work: each answer (an error in
+    place of a refusal, which changes nothing) is what the call would have answered had the
+    requests before it been made one by one. Escrow accounts and device rows are written in
+    two statements each."""
+    answers: list[ProvisionedDevice | CbdcError | None] = [None] * len(requests)
+    keys: dict[int, str] = {}
+    for index, request in enumerate(requests):
+        try:
+            _check_device_id(request.device_id)
+            keys[index] = signing.public_key_from_hex(request.device_public_key_hex).hex()
+        except CbdcError as error:
+            answers[index] = error
+    if keys:
+        with context.write() as connection:
+            _provision_all(context, connection, requests, keys, answers, valid_for, caps)
+    assert all(answer is not None for answer in answers)
+    return [answer for answer in answers if answer is not None]
+
+
+def _check_device_id(device_id: str) -> None:
     if not isinstance(device_id, str) or not DEVICE_ID.match(device_id):
         raise InvalidRequest(f"device id must be 1-60 of A-Z a-z 0-9 . _ : -, got {device_id!r}",
                              code="offline_device_id_invalid")
-    public_key = signing.public_key_from_hex(device_public_key_hex)
-    with context.write() as connection:
-        existing = _existing_device(connection, device_id, public_key.hex())
-        if existing is not None:
-            return _provisioned(context, existing, device_id, wallet_id, public_key.hex())
-        wallet = load_wallet(connection, wallet_id, lock=True)
-        check_active(wallet)
-        now = context.now()
-        registered_at = connection.execute(
-            select(institutions.c.created_at).where(institutions.c.id == wallet.operator_id)
-        ).scalar_one()
-        authority = operator_authority(context, wallet.operator_code, registered_at)
+
+
+def _provision_all(
+    context: LedgerContext,
+    connection: Connection,
+    requests: Sequence[DeviceRequest],
+    keys: dict[int, str],
+    answers: list[ProvisionedDevice | CbdcError | None],
+    valid_for: timedelta,
+    caps: OfflineCaps | None,
+) -> None:
+    now = context.now()
+    known = _known_devices(connection, {requests[i].device_id for i in keys}, set(keys.values()))
+    by_id = {device.device_id: device for device in known}
+    by_key = {device.public_key: device for device in known}
+    order = max((device.order for device in known), default=0)
+    found = load_wallets(connection, {requests[i].wallet_id for i in keys}, lock=True,
+                         require_all=False)
+    registered = _registered_at(connection, {wallet.operator_id for wallet in found.values()})
+    accounts_rows: list[dict[str, Any]] = []
+    device_rows: list[dict[str, Any]] = []
+    for index, public_key_hex in keys.items():
+        request = requests[index]
+        try:
+            existing = min((d for d in (by_id.get(request.device_id), by_key.get(public_key_hex))
+                            if d is not None), default=None)
+            if existing is not None:
+                answers[index] = _provisioned(context, existing, request.device_id,
+                                              request.wallet_id, public_key_hex)
+                continue
+            wallet = found.get(request.wallet_id)
+            if wallet is None:
+                raise wallet_not_found(request.wallet_id)
+            check_active(wallet)
+        except CbdcError as error:
+            answers[index] = error
+            continue
+        authority = operator_authority(context, wallet.operator_code,
+                                       registered[wallet.operator_id])
         certificate = authority.certify_device(
-            serial=certificate_serial(device_id), device_id=device_id,
-            device_public_key=public_key, wallet=wallet_id, wallet_class=wallet.wallet_class,
-            not_before=now, not_after=now + valid_for,
+            serial=certificate_serial(request.device_id), device_id=request.device_id,
+            device_public_key=bytes.fromhex(public_key_hex), wallet=request.wallet_id,
+            wallet_class=wallet.wallet_class, not_before=now, not_after=now + valid_for,
             caps=caps or offline_caps_for(wallet.wallet_class),
         )
-        escrow_id = connection.execute(
-            insert(accounts).values(code=escrow_account_code(device_id), kind="escrow",
-                                    institution_id=wallet.operator_id, created_at=now)
-            .returning(accounts.c.id)
-        ).scalar_one()
+        certificate_json = json.dumps(certificate.to_envelope(), sort_keys=True)
+        order += 1
+        by_id[request.device_id] = by_key[public_key_hex] = _KnownDevice(
+            order, request.device_id, public_key_hex, certificate_json, request.wallet_id,
+            wallet.operator_code, registered[wallet.operator_id])
+        accounts_rows.append({"code": escrow_account_code(request.device_id), "kind": "escrow",
+                              "institution_id": wallet.operator_id, "created_at": now})
         device_caps = certificate.caps
-        connection.execute(insert(offline_devices).values(
-            device_id=device_id, wallet_id=wallet.id, operator_id=wallet.operator_id,
-            escrow_account_id=escrow_id, public_key=public_key.hex(),
-            certificate_serial=certificate.serial,
-            certificate_json=json.dumps(certificate.to_envelope(), sort_keys=True),
-            offline_balance_fen_max=device_caps.balance_fen_max,
-            offline_payment_fen_max=device_caps.payment_fen_max,
-            offline_payments_max=device_caps.payments_max,
-            not_after=certificate.not_after, status="active", created_at=now,
-        ))
-        return ProvisionedDevice(certificate.to_envelope(), authority.certificate.to_envelope(),
-                                 root_public_key(context))
+        device_rows.append({
+            "device_id": request.device_id, "wallet_id": wallet.id,
+            "operator_id": wallet.operator_id, "public_key": public_key_hex,
+            "certificate_serial": certificate.serial, "certificate_json": certificate_json,
+            "offline_balance_fen_max": device_caps.balance_fen_max,
+            "offline_payment_fen_max": device_caps.payment_fen_max,
+            "offline_payments_max": device_caps.payments_max,
+            "not_after": certificate.not_after, "status": "active", "created_at": now,
+        })
+        answers[index] = ProvisionedDevice(certificate.to_envelope(),
+                                           authority.certificate.to_envelope(),
+                                           root_public_key(context))
+    if device_rows:
+        connection.execute(insert(accounts), accounts_rows)
+        escrows = _account_ids(connection, [row["code"] for row in accounts_rows])
+        for row, account in zip(device_rows, accounts_rows, strict=True):
+            row["escrow_account_id"] = escrows[account["code"]]
+        connection.execute(insert(offline_devices), device_rows)
 
 
-def _existing_device(connection: Connection, device_id: str, public_key_hex: str) -> Any:
-    return connection.execute(
-        select(offline_devices.c.device_id, offline_devices.c.public_key,
+def _known_devices(
+    connection: Connection, device_ids: set[str], public_keys_hex: set[str]
+) -> list[_KnownDevice]:
+    """The devices holding one of these ids or keys, in the order they were provisioned."""
+    query = (
+        select(offline_devices.c.id, offline_devices.c.device_id, offline_devices.c.public_key,
                offline_devices.c.certificate_json, wallets.c.wallet_id,
                institutions.c.code.label("operator_code"),
                institutions.c.created_at.label("registered_at"))
         .join(wallets, wallets.c.id == offline_devices.c.wallet_id)
         .join(institutions, institutions.c.id == offline_devices.c.operator_id)
-        .where((offline_devices.c.device_id == device_id)
-               | (offline_devices.c.public_key == public_key_hex))
-        .order_by(offline_devices.c.id)
-    ).first()
+    )
+    rows: dict[int, Any] = {}
+    for column, values in ((offline_devices.c.device_id, sorted(device_ids)),
+                           (offline_devices.c.public_key, sorted(public_keys_hex))):
+        for start in range(0, len(values), 900):  # SQLite's bound-parameter limit
+            for row in connection.execute(query.where(column.in_(values[start:start + 900]))):
+                rows[row.id] = row
+    return [_KnownDevice(row.id, row.device_id, row.public_key, row.certificate_json,
+                         row.wallet_id, row.operator_code, row.registered_at)
+            for _, row in sorted(rows.items())]
+
+
+def _registered_at(connection: Connection, operator_ids: set[int]) -> dict[int, datetime]:
+    if not operator_ids:
+        return {}
+    return {int(row.id): row.created_at for row in connection.execute(
+        select(institutions.c.id, institutions.c.created_at)
+        .where(institutions.c.id.in_(sorted(operator_ids))))}
+
+
+def _account_ids(connection: Connection, codes: list[str]) -> dict[str, int]:
+    found: dict[str, int] = {}
+    for start in range(0, len(codes), 900):  # SQLite's bound-parameter limit
+        found.update({row.code: int(row.id) for row in connection.execute(
+            select(accounts.c.code, accounts.c.id)
+            .where(accounts.c.code.in_(codes[start:start + 900])))})
+    return found
 
 
 def _provisioned(
-    context: LedgerContext, existing: Any, device_id: str, wallet_id: str, public_key_hex: str
+    context: LedgerContext, existing: _KnownDevice, device_id: str, wallet_id: str,
+    public_key_hex: str
 ) -> ProvisionedDevice:
     if (existing.device_id, existing.wallet_id, existing.public_key) == (
         device_id, wallet_id, public_key_hex
@@ -179,61 +300,176 @@ def load_device(
     (``certificate_expired``); the wallet is active; the escrow stays within the device's
     balance cap (``offline_balance_cap_exceeded``); the wallet holds the amount
     (``insufficient_funds``)."""
-    check_id("load_id", load_id)
-    check_amount(amount_fen)
-    with context.write() as connection:
-        device = _device(connection, device_id)
-        first = _recorded_load(connection, load_id)
-        if first is not None:
-            if (first.device_id, first.amount_fen) != (device.id, amount_fen):
-                raise Conflict(f"load {load_id} was for another device or amount",
-                               code="offline_load_conflict")
-            return dict(json.loads(first.receipt_json))
-        now = context.now()
-        _check_usable(device, now)
-        wallet = load_wallet(connection, device.wallet_id, lock=True)
-        check_active(wallet)
-        if device.escrow_expected_fen + amount_fen > device.caps.balance_fen_max:
-            raise OfflineRefused(
-                f"device {device_id} has {device.escrow_expected_fen} fen loaded and not yet "
-                f"settled or unloaded; {amount_fen} fen more would exceed its offline cap of "
-                f"{device.caps.balance_fen_max} fen (sync it first)",
-                code="offline_balance_cap_exceeded",
-            )
-        posted = post_entry(connection, transfer(
-            f"offline-load:{load_id}", "offline_load", debit_account_id=wallet.account_id,
-            credit_account_id=device.escrow_account_id, amount_fen=amount_fen,
-            metadata={"device": device_id, "wallet": wallet.wallet_id, "load_id": load_id},
-        ), now=now)
-        authority = operator_authority(context, device.operator_code,
-                                       device.operator_registered_at)
-        receipt = authority.sign_load_receipt(
-            load_id=load_id, device_id=device_id, wallet=device.wallet_id,
-            amount_fen=amount_fen, load_counter=device.load_counter + 1, created_at=now,
+    (answer,) = load_devices(context, [DeviceLoad(load_id, device_id, amount_fen)])
+    if isinstance(answer, CbdcError):
+        raise answer
+    return answer
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceLoad:
+    """A wallet loads one of its devices."""
+
+    load_id: str
+    device_id: str
+    amount_fen: int
+
+
+@dataclass
+class _LoadState:
+    """A device's load counter and totals, and its wallet's balance, as a batch moves them."""
+
+    device: DeviceRow
+    load_counter: int
+    loaded_fen: int
+
+
+def load_devices(
+    context: LedgerContext, loads: Sequence[DeviceLoad]
+) -> list[dict[str, Any] | CbdcError]:
+    """Many :func:`load_device` calls in one unit of work: each answer (an error in place of a
+    refusal, which changes nothing) is what the call would have answered had the loads before
+    it been made one by one. The entries are posted together; devices, then wallets, are
+    locked in ascending id order first."""
+    answers: list[dict[str, Any] | CbdcError | None] = [None] * len(loads)
+    valid: list[int] = []
+    for index, load in enumerate(loads):
+        try:
+            check_id("load_id", load.load_id)
+            check_amount(load.amount_fen)
+        except CbdcError as error:
+            answers[index] = error
+            continue
+        valid.append(index)
+    if valid:
+        with context.write() as connection:
+            _load_all(context, connection, loads, valid, answers)
+    assert all(answer is not None for answer in answers)
+    return [answer for answer in answers if answer is not None]
+
+
+def _load_all(
+    context: LedgerContext,
+    connection: Connection,
+    loads: Sequence[DeviceLoad],
+    valid: list[int],
+    answers: list[dict[str, Any] | CbdcError | None],
+) -> None:
+    now = context.now()
+    devices = load_device_rows(connection, {loads[i].device_id for i in valid}, lock=True)
+    recorded = _recorded_loads(connection, [loads[i].load_id for i in valid])
+    found = load_wallets(connection, {device.wallet_id for device in devices.values()},
+                         lock=True, require_all=False)
+    balances = {wallet_id: wallet.balance_fen for wallet_id, wallet in found.items()}
+    states = {device_id: _LoadState(device, device.load_counter, device.loaded_fen)
+              for device_id, device in devices.items()}
+    drafts: list[EntryDraft] = []
+    rows: list[dict[str, Any]] = []
+    for index in valid:
+        load = loads[index]
+        try:
+            state = states.get(load.device_id)
+            if state is None:
+                raise device_not_found(load.device_id)
+            first = recorded.get(load.load_id)
+            if first is not None:
+                if (first[0], first[1]) != (state.device.id, load.amount_fen):
+                    raise Conflict(f"load {load.load_id} was for another device or amount",
+                                   code="offline_load_conflict")
+                answers[index] = dict(json.loads(first[2]))
+                continue
+            wallet = found[state.device.wallet_id]
+            _check_load(state, wallet, balances[wallet.wallet_id], load, now)
+        except CbdcError as error:
+            answers[index] = error
+            continue
+        receipt = _accept_load(context, state, wallet, load, now, drafts, rows)
+        balances[wallet.wallet_id] -= load.amount_fen
+        recorded[load.load_id] = (state.device.id, load.amount_fen,
+                                  json.dumps(receipt, sort_keys=True))
+        answers[index] = receipt
+    if not drafts:
+        return
+    posted = post_entries(connection, drafts, now=now)
+    for row, entry in zip(rows, posted, strict=True):
+        assert isinstance(entry, PostedEntry)
+        row["entry_seq"] = entry.seq
+    connection.execute(insert(offline_loads), rows)
+    connection.execute(
+        update(offline_devices).where(offline_devices.c.id == bindparam("device_row_id"))
+        .values(load_counter=bindparam("load_counter"), loaded_fen=bindparam("loaded_fen")),
+        [{"device_row_id": state.device.id, "load_counter": state.load_counter,
+          "loaded_fen": state.loaded_fen}
+         for state in states.values() if state.load_counter != state.device.load_counter],
+    )
+
+
+def _check_load(
+    state: _LoadState, wallet: WalletRow, balance_fen: int, load: DeviceLoad, now: datetime
+) -> None:
+    device = state.device
+    _check_usable(device, now)
+    check_active(wallet)
+    escrow_expected_fen = state.loaded_fen - device.settled_fen - device.unloaded_fen
+    if escrow_expected_fen + load.amount_fen > device.caps.balance_fen_max:
+        raise OfflineRefused(
+            f"device {device.device_id} has {escrow_expected_fen} fen loaded and not yet "
+            f"settled or unloaded; {load.amount_fen} fen more would exceed its offline cap of "
+            f"{device.caps.balance_fen_max} fen (sync it first)",
+            code="offline_balance_cap_exceeded",
         )
-        connection.execute(insert(offline_loads).values(
-            load_id=load_id, device_id=device.id, load_counter=device.load_counter + 1,
-            amount_fen=amount_fen, entry_seq=posted.seq,
-            receipt_json=json.dumps(receipt, sort_keys=True), created_at=now,
-        ))
-        connection.execute(
-            update(offline_devices).where(offline_devices.c.id == device.id).values(
-                load_counter=device.load_counter + 1,
-                loaded_fen=offline_devices.c.loaded_fen + amount_fen,
-            )
-        )
-        return receipt
+    if balance_fen < load.amount_fen:  # as post_entries would refuse it
+        code = wallet_account_code(wallet.wallet_id)
+        raise InsufficientFunds(f"account {code} holds {balance_fen} fen, {load.amount_fen} fen "
+                                "requested", account=code, balance_fen=balance_fen,
+                                shortfall_fen=load.amount_fen - balance_fen)
+
+
+def _accept_load(
+    context: LedgerContext,
+    state: _LoadState,
+    wallet: WalletRow,
+    load: DeviceLoad,
+    now: datetime,
+    drafts: list[EntryDraft],
+    rows: list[dict[str, Any]],
+) -> dict[str, Any]:
+    device = state.device
+    drafts.append(transfer(
+        f"offline-load:{load.load_id}", "offline_load", debit_account_id=wallet.account_id,
+        credit_account_id=device.escrow_account_id, amount_fen=load.amount_fen,
+        metadata={"device": device.device_id, "wallet": wallet.wallet_id,
+                  "load_id": load.load_id},
+    ))
+    authority = operator_authority(context, device.operator_code, device.operator_registered_at)
+    state.load_counter += 1
+    state.loaded_fen += load.amount_fen
+    receipt = authority.sign_load_receipt(
+        load_id=load.load_id, device_id=device.device_id, wallet=device.wallet_id,
+        amount_fen=load.amount_fen, load_counter=state.load_counter, created_at=now,
+    )
+    rows.append({"load_id": load.load_id, "device_id": device.id,
+                 "load_counter": state.load_counter, "amount_fen": load.amount_fen,
+                 "receipt_json": json.dumps(receipt, sort_keys=True), "created_at": now})
+    return receipt
 
 
 def _device(connection: Connection, device_id: str) -> DeviceRow:
     return load_device_row(connection, device_id, lock=True)
 
 
-def _recorded_load(connection: Connection, load_id: str) -> Any:
-    return connection.execute(
-        select(offline_loads.c.device_id, offline_loads.c.amount_fen, offline_loads.c.receipt_json)
-        .where(offline_loads.c.load_id == load_id)
-    ).first()
+def _recorded_loads(connection: Connection, load_ids: list[str]) -> dict[str, tuple[int, int, str]]:
+    """The loads already recorded under these ids: device row id, amount, receipt JSON."""
+    wanted = sorted(set(load_ids))
+    found: dict[str, tuple[int, int, str]] = {}
+    for start in range(0, len(wanted), 900):  # SQLite's bound-parameter limit
+        for row in connection.execute(
+            select(offline_loads.c.load_id, offline_loads.c.device_id,
+                   offline_loads.c.amount_fen, offline_loads.c.receipt_json)
+            .where(offline_loads.c.load_id.in_(wanted[start:start + 900]))
+        ):
+            found[row.load_id] = (int(row.device_id), int(row.amount_fen), row.receipt_json)
+    return found
 
 
 def _check_usable(device: DeviceRow, now: datetime) -> None:

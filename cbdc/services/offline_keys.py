@@ -14,12 +14,15 @@ process of the ledger signs the same bytes and devices see one operator certific
 from __future__ import annotations
 
 import hashlib
+import json
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
+from typing import Any
 
 import nacl.signing
 
-from cbdc.offline import OperatorAuthority, RootAuthority
+from cbdc.offline import DeviceCertificate, OperatorAuthority, RootAuthority
 from cbdc.services.context import CENTRAL_BANK_CODE, LedgerContext
 
 ROOT_AUTHORITY_ID = CENTRAL_BANK_CODE
@@ -73,3 +76,11 @@ def _operator_authority(
 
 def _as_utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+@lru_cache(maxsize=65_536)
+def issued_certificate(certificate_json: str) -> tuple[Mapping[str, Any], DeviceCertificate]:
+    """A device certificate as the ledger stored it (its envelope, and parsed): the stored text
+    never changes, so each device's is parsed once per process. Callers only read both."""
+    envelope = json.loads(certificate_json)
+    return envelope, DeviceCertificate.from_envelope(envelope)

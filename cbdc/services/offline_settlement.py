@@ -57,7 +57,7 @@ from cbdc.offline import (
 from cbdc.offline.messages import parse_time
 from cbdc.offline.verification import check_payment_acceptable
 from cbdc.services.context import LedgerContext
-from cbdc.services.offline_keys import operator_authority, root_public_key
+from cbdc.services.offline_keys import issued_certificate, operator_authority, root_public_key
 from cbdc.services.wallets import check_active, party
 from cbdc.storage.journal import PostedEntry
 from cbdc.storage.offline import (
@@ -107,6 +107,7 @@ class DeviceBook:
     operator_paid_fen: int
     reserved_fen: int = 0
     revoke_reason: str | None = None
+    revocation_written: bool = False
     classification: Classification | None = None
 
     @property
@@ -179,7 +180,7 @@ class SettlementRun:
                                            row.operator_registered_at)
             self.books[row.device_id] = DeviceBook(
                 row=row,
-                certificate=DeviceCertificate.from_envelope(json.loads(row.certificate_json)),
+                certificate=issued_certificate(row.certificate_json)[1],
                 operator_certificate=authority.certificate,
                 payments=by_device[row.id],
                 loads=loads[row.id],
@@ -251,9 +252,13 @@ class SettlementRun:
 
     # --- 3. decide -------------------------------------------------------------------------
 
-    def decide(self) -> None:
+    def decide(self, device_ids: Iterable[str] | None = None) -> None:
+        """Classify and decide the books of ``device_ids``, in that order (default: every
+        book, in the order the run was given its devices)."""
         assert self.revocations is not None, "load() first"
-        for book in self.books.values():
+        books = (list(self.books.values()) if device_ids is None
+                 else [self.books[device_id] for device_id in device_ids])
+        for book in books:
             book.classification = classify_device_payments(
                 book.row.device_id, (),
                 root_public_key=root_public_key(self.context),
@@ -414,20 +419,22 @@ class SettlementRun:
 
     # --- 4. entries and rows ---------------------------------------------------------------
 
-    def drafts(self) -> list[EntryDraft]:
+    def drafts(self, payouts: Sequence[Payout] | None = None) -> list[EntryDraft]:
         """Per device, one ``offline_settlement`` entry (escrow to its payees); per payment
-        paid by an operator, one ``operator_loss`` entry; then the waterfalls."""
+        paid by an operator, one ``operator_loss`` entry; then the waterfalls. ``payouts``:
+        some of the run's payouts (default: all of them)."""
+        payouts = self.payouts if payouts is None else payouts
         drafts: list[EntryDraft] = []
         by_book: dict[str, list[Payout]] = {}
-        for payout in self.payouts:
+        for payout in payouts:
             if payout.source == "escrow":
                 by_book.setdefault(payout.book.row.device_id, []).append(payout)
-        for device_id, payouts in by_book.items():
-            drafts.append(self._settlement_draft(device_id, payouts))
-        for payout in self.payouts:
+        for device_id, paid in by_book.items():
+            drafts.append(self._settlement_draft(device_id, paid))
+        for payout in payouts:
             if payout.source == "operator":
                 drafts.append(self._loss_draft(payout))
-        for payout in self.payouts:
+        for payout in payouts:
             if payout.plan.swept_fen:
                 entry_id = f"offline-waterfall:{payout.payment.payment_hash}"
                 drafts.append(transfer(
@@ -533,8 +540,13 @@ class SettlementRun:
                 .values(settled_fen=bindparam("s"), operator_paid_fen=bindparam("o")),
                 totals,
             )
+        self.write_revocations()
+
+    def write_revocations(self) -> bool:
+        """Record the revocations decided and not yet written; say whether there were any."""
+        wrote = False
         for book in self.books.values():
-            if book.revoke_reason is not None:
+            if book.revoke_reason is not None and not book.revocation_written:
                 self.connection.execute(insert(offline_revocations).values(
                     device_id=book.row.id, serial=book.row.certificate_serial,
                     reason=book.revoke_reason, revoked_at=self.now,
@@ -543,6 +555,8 @@ class SettlementRun:
                     update(offline_devices).where(offline_devices.c.id == book.row.id)
                     .values(status="revoked", revoked_at=self.now)
                 )
+                book.revocation_written = wrote = True
+        return wrote
 
     def _write_cases(self) -> None:
         books = {book.row.id: book for book in self.books.values()}
@@ -570,6 +584,15 @@ class SettlementRun:
                 )
 
     # --- for the services ------------------------------------------------------------------
+
+    def statuses_of(self, device_ids: Iterable[str]) -> dict[str, tuple[str, str | None]]:
+        """The payments of these devices, by hash: (status, reason) as decided so far."""
+        result = {}
+        for device_id in device_ids:
+            for payment in self.books[device_id].payments:
+                result[payment.payment_hash] = self.statuses.get(
+                    payment.payment_hash, (payment.status, payment.reason))
+        return result
 
     def final_statuses(self) -> dict[str, tuple[str, str | None]]:
         """Every payment of the run's devices, by hash: (status, reason) after the run."""

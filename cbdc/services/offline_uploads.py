@@ -7,7 +7,8 @@ as often as they like. For each batch, in order:
    this ledger). An envelope carrying exactly the certificates the ledger issued to the device
    it names needs no chain verification (the ledger signed that chain): it is checked here and
    its signature verified on two threads, chunk by chunk while the next chunk is prepared
-   (PyNaCl releases the GIL while it verifies). Any other envelope goes through
+   (PyNaCl releases the GIL while it verifies), unless the ledger already holds the payment
+   with this very signature (verified when stored). Any other envelope goes through
    :func:`cbdc.offline.batch.authenticate_many` in full, on two worker processes for large
    batches. Forged or altered ones are refused, each named in an ``offline_forged`` fraud case
    against the device it claims (a forgery proves nothing against that device's key, so it is
@@ -20,6 +21,10 @@ as often as they like. For each batch, in order:
 4. a new revocation list is published if a device was revoked; the uploader is handed it, and
    a sync receipt signed by its operator: its own payments through ``synced_counter`` are on
    the ledger, and the received payments it uploaded that are now paid.
+
+:func:`upload_offline_batches` takes several devices' uploads at once (devices that go online
+together) and answers each exactly as one-by-one uploads would; uploads that name no common
+device share steps 2-4 (see its docstring).
 """
 
 from __future__ import annotations
@@ -33,11 +38,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, insert, update
+from sqlalchemy import Connection, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 
-from cbdc.domain.postings import canonical_json
-from cbdc.offline import DeviceCertificate
+from cbdc.domain.errors import CbdcError
+from cbdc.domain.postings import EntryDraft, canonical_json
 from cbdc.offline.batch import (
     Authenticated,
     Prepared,
@@ -51,7 +56,7 @@ from cbdc.offline.batch import (
 from cbdc.offline.messages import parse_time
 from cbdc.services.context import LedgerContext
 from cbdc.services.offline_devices import publish_pending_revocations
-from cbdc.services.offline_keys import operator_authority, root_public_key
+from cbdc.services.offline_keys import issued_certificate, operator_authority, root_public_key
 from cbdc.services.offline_settlement import SettlementRun
 from cbdc.storage.journal import post_entries
 from cbdc.storage.offline import (
@@ -60,6 +65,7 @@ from cbdc.storage.offline import (
     known_payments,
     load_devices,
     load_revocations,
+    stored_signatures,
 )
 from cbdc.storage.tables import offline_devices, offline_payments
 
@@ -108,15 +114,78 @@ def upload_offline_payments(
 ) -> UploadReport:
     """Store, classify and settle a batch of offline payment envelopes uploaded by a device
     (its own payments, those it received, or both). Order: see the module docstring."""
-    results = authenticate(context, envelopes)
+    (answer,) = upload_offline_batches(context, [Upload(uploaded_by_device_id, envelopes)])
+    if isinstance(answer, CbdcError):
+        raise answer
+    return answer
+
+
+@dataclass(frozen=True, slots=True)
+class Upload:
+    """What one device hands the ledger when it goes online."""
+
+    uploaded_by_device_id: str
+    envelopes: Sequence[Any]
+
+
+def upload_offline_batches(
+    context: LedgerContext, uploads: Sequence[Upload]
+) -> list[UploadReport | CbdcError]:
+    """Several devices' uploads, in order, in one unit of work: each answer is what
+    :func:`upload_offline_payments` would have answered had the uploads before it been made one
+    by one (an error in place of an upload it would have refused; that upload changes nothing).
+
+    Every envelope is authenticated in one pass. Consecutive uploads that touch no common device
+    (uploader or payer named) are settled together, in one
+    :class:`~cbdc.services.offline_settlement.SettlementRun`: each upload's devices are decided
+    in turn against the running balances, revocation lists are published where the upload that
+    revoked would have published them, and each uploader's sync receipt is made as its own
+    upload would have made it; the entries are posted and the rows written once per group."""
+    flat = [envelope for upload in uploads for envelope in upload.envelopes]
+    authenticated = authenticate(context, flat)
+    items: list[tuple[str, list[Authenticated | Refusal]]] = []
+    position = 0
+    for upload in uploads:
+        size = len(upload.envelopes)
+        items.append((upload.uploaded_by_device_id, authenticated[position:position + size]))
+        position += size
     for attempt in range(UPLOAD_ATTEMPTS):
         try:
             with context.write() as connection:
-                return _record(context, connection, results, uploaded_by_device_id)
+                now = context.now()
+                answers: list[UploadReport | CbdcError] = []
+                for group in _independent_groups(items):
+                    answers += _record_group(context, connection, group, now)
+                return answers
         except IntegrityError:
             if attempt == UPLOAD_ATTEMPTS - 1:
                 raise
     raise AssertionError("unreachable")
+
+
+def _named_devices(uploader_id: str, results: list[Authenticated | Refusal]) -> set[str]:
+    """Every device an upload may change: its uploader and every payer device it names."""
+    named = {r.message["payer_device"] if isinstance(r, Authenticated) else r.payer_device
+             for r in results}
+    return {device for device in named if device} | {uploader_id}
+
+
+def _independent_groups(
+    items: list[tuple[str, list[Authenticated | Refusal]]]
+) -> list[list[tuple[str, list[Authenticated | Refusal]]]]:
+    """Consecutive uploads split where one names a device an earlier one of its group names:
+    within a group no upload reads what another changes, except what the run carries along
+    (payee balances, floats, revocation lists, the payee devices' list numbers)."""
+    groups: list[list[tuple[str, list[Authenticated | Refusal]]]] = []
+    touched: set[str] = set()
+    for item in items:
+        named = _named_devices(*item)
+        if not groups or named & touched:
+            groups.append([])
+            touched = set()
+        groups[-1].append(item)
+        touched |= named
+    return groups
 
 
 _POOL: ProcessPoolExecutor | None = None
@@ -139,27 +208,30 @@ def authenticate(
     context: LedgerContext, envelopes: Sequence[Any]
 ) -> list[Authenticated | Refusal]:
     """Each envelope's :class:`Authenticated` or :class:`Refusal`, in order. Envelopes with the
-    very certificates the ledger issued to the device they name are checked here and their
-    signatures verified on threads, chunk by chunk while the next chunk is prepared; any other
-    envelope is authenticated in full, on worker processes for large batches."""
-    chains = _trusted_chains(context, envelopes)
+    very certificates the ledger issued to the device they name are checked here, chunk by
+    chunk; a payment the ledger already holds with this very signature needs no second check
+    (its signed bytes and signature are those verified when it was stored), the others' are
+    verified on threads while the next chunk is prepared. Any other envelope is authenticated
+    in full, on worker processes for large batches."""
     results: list[Authenticated | Refusal | None] = [None] * len(envelopes)
-    prepared: list[tuple[int, Prepared]] = []
     others: list[int] = []
     chunks: list[tuple[list[tuple[int, Prepared]], Future[list[bool]]]] = []
-    for index, envelope in enumerate(envelopes):
-        outcome = prepare_trusted(envelope, chains)
-        if outcome is None:
-            others.append(index)
-        elif isinstance(outcome, Refusal):
-            results[index] = outcome
-        else:
-            prepared.append((index, outcome))
-            if len(prepared) == VERIFY_CHUNK:
-                chunks.append(_submit(prepared))
-                prepared = []
-    if prepared:
-        chunks.append(_submit(prepared))
+    with context.read() as connection:
+        chains = _trusted_chains(context, connection, envelopes)
+        prepared: list[tuple[int, Prepared]] = []
+        for index, envelope in enumerate(envelopes):
+            outcome = prepare_trusted(envelope, chains)
+            if outcome is None:
+                others.append(index)
+            elif isinstance(outcome, Refusal):
+                results[index] = outcome
+            else:
+                prepared.append((index, outcome))
+                if len(prepared) == VERIFY_CHUNK:
+                    chunks.append(_submit(connection, prepared))
+                    prepared = []
+        if prepared:
+            chunks.append(_submit(connection, prepared))
     full = _authenticate_in_full(context, [envelopes[i] for i in others])
     for index, result in zip(others, full, strict=True):
         results[index] = result
@@ -171,30 +243,42 @@ def authenticate(
 
 
 def _submit(
-    items: list[tuple[int, Prepared]]
+    connection: Connection, items: list[tuple[int, Prepared]]
 ) -> tuple[list[tuple[int, Prepared]], Future[list[bool]]]:
-    triples = [item.triple() for _, item in items]
-    if len(items) < PARALLEL_VERIFY_MIN:
+    """Verdicts on a chunk's signatures: those stored with the payment already, the others
+    verified (on a thread for a long chunk)."""
+    stored = stored_signatures(connection, [item.payment_hash for _, item in items])
+    fresh = [position for position, (_, item) in enumerate(items)
+             if stored.get(item.payment_hash) != item.signature.hex()]
+    triples = [items[position][1].triple() for position in fresh]
+
+    def verdicts(checked: list[bool]) -> list[bool]:
+        answer = [True] * len(items)
+        for position, valid in zip(fresh, checked, strict=True):
+            answer[position] = valid
+        return answer
+
+    if len(triples) < PARALLEL_VERIFY_MIN:
         done: Future[list[bool]] = Future()
-        done.set_result(verify_signatures(triples))
+        done.set_result(verdicts(verify_signatures(triples)))
         return items, done
-    return items, _VERIFIERS.submit(verify_signatures, triples)
+    return items, _VERIFIERS.submit(lambda: verdicts(verify_signatures(triples)))
 
 
-def _trusted_chains(context: LedgerContext, envelopes: Sequence[Any]) -> dict[str, TrustedChain]:
+def _trusted_chains(
+    context: LedgerContext, connection: Connection, envelopes: Sequence[Any]
+) -> dict[str, TrustedChain]:
     """The certificate pairs the ledger issued to the devices the envelopes name."""
     named = {envelope["message"].get("payer_device") for envelope in envelopes
              if isinstance(envelope, Mapping) and isinstance(envelope.get("message"), Mapping)}
-    with context.read() as connection:
-        devices = load_devices(connection, {d for d in named if isinstance(d, str)})
+    devices = load_devices(connection, {d for d in named if isinstance(d, str)})
     chains = {}
     for device in devices.values():
-        stored = json.loads(device.certificate_json)
+        stored, certificate = issued_certificate(device.certificate_json)
         authority = operator_authority(context, device.operator_code,
                                        device.operator_registered_at)
-        chains[device.device_id] = TrustedChain(
-            DeviceCertificate.from_envelope(stored), stored,
-            authority.certificate.to_envelope())
+        chains[device.device_id] = TrustedChain(certificate, stored,
+                                                authority.certificate.to_envelope())
     return chains
 
 
@@ -211,70 +295,151 @@ def _authenticate_in_full(
     return [result for future in futures for result in future.result()]
 
 
-def _record(
+@dataclass
+class _Recording:
+    """One upload of a group as it is being recorded."""
+
+    uploader: DeviceRow
+    results: list[Authenticated | Refusal]
+    outcomes: list[UploadOutcome | None]
+    stored: list[tuple[int, Authenticated]]
+    forged: list[Refusal]
+    involved: list[str]
+
+
+def _record_group(
     context: LedgerContext,
     connection: Connection,
-    results: list[Authenticated | Refusal],
-    uploader_id: str,
-) -> UploadReport:
-    now = context.now()
-    claimed = {r.message["payer_device"] if isinstance(r, Authenticated) else r.payer_device
-               for r in results}
-    devices = load_devices(connection, {d for d in claimed if d} | {uploader_id}, lock=True)
-    uploader = devices.get(uploader_id)
-    if uploader is None:
-        raise device_not_found(uploader_id)
-    outcomes: list[UploadOutcome | None] = [None] * len(results)
-    stored = _store_new(connection, results, devices, outcomes, uploader, now)
-    involved = {devices[r.message["payer_device"]].device_id for _, r in stored}
-    forged = [(i, r) for i, r in enumerate(results) if isinstance(r, Refusal)
-              and r.code not in NOT_FORGERIES and r.payer_device in devices]
-    involved |= {r.payer_device for _, r in forged if r.payer_device}
-    run = SettlementRun(context, connection, {d: devices[d] for d in involved}, now)
-    run.load({r.payment_hash: (r.message, r.signature) for _, r in stored})
+    group: list[tuple[str, list[Authenticated | Refusal]]],
+    now: datetime,
+) -> list[UploadReport | CbdcError]:
+    """Record a group of uploads that name no common device (see
+    :func:`upload_offline_batches`)."""
+    named = set().union(*(_named_devices(*item) for item in group))
+    devices = load_devices(connection, named, lock=True)
+    answers: list[UploadReport | CbdcError | None] = [None] * len(group)
+    recordings: list[tuple[int, _Recording]] = []
+    known = known_payments(connection, [r.payment_hash for _, results in group for r in results
+                                        if isinstance(r, Authenticated)])
+    rows: dict[str, dict[str, Any]] = {}
+    certificates = {device.device_id: json.loads(device.certificate_json)["signature"]
+                    for device in devices.values()}
+    for position, (uploader_id, results) in enumerate(group):
+        uploader = devices.get(uploader_id)
+        if uploader is None:
+            answers[position] = device_not_found(uploader_id)
+            continue
+        outcomes: list[UploadOutcome | None] = [None] * len(results)
+        stored = _store_new(results, devices, certificates, outcomes, uploader, known, rows, now)
+        recordings.append((position, _recording(results, devices, uploader, outcomes, stored)))
+    if rows:
+        connection.execute(insert(offline_payments), list(rows.values()))
+    run = SettlementRun(context, connection, {
+        device_id: devices[device_id]
+        for _, recording in recordings for device_id in recording.involved
+    }, now)
+    run.load({r.payment_hash: (r.message, r.signature)
+              for _, recording in recordings for _, r in recording.stored})
     run.lock_wallets()
-    for _, refusal in forged:
+    drafts: list[EntryDraft] = []
+    syncs: list[dict[str, Any]] = []
+    for position, recording in recordings:
+        answers[position], sync = _settle(context, connection, run, recording, drafts)
+        syncs.append(sync)
+    run.write(post_entries(connection, drafts, now=now))
+    if syncs:
+        connection.execute(
+            update(offline_devices).where(offline_devices.c.id == bindparam("device_row_id"))
+            .values(synced_counter=bindparam("synced"), last_sync_at=bindparam("at"),
+                    revocation_number=bindparam("number")),
+            syncs,
+        )
+    assert all(answer is not None for answer in answers)
+    return [answer for answer in answers if answer is not None]
+
+
+def _recording(
+    results: list[Authenticated | Refusal],
+    devices: dict[str, DeviceRow],
+    uploader: DeviceRow,
+    outcomes: list[UploadOutcome | None],
+    stored: list[tuple[int, Authenticated]],
+) -> _Recording:
+    """An upload's forgeries to name and payer devices to settle (in ascending row id)."""
+    forged = [r for r in results if isinstance(r, Refusal)
+              and r.code not in NOT_FORGERIES and r.payer_device in devices]
+    involved = {r.message["payer_device"] for _, r in stored}
+    involved |= {r.payer_device for r in forged if r.payer_device}
+    return _Recording(uploader, results, outcomes, stored, forged,
+                      sorted(involved, key=lambda device_id: devices[device_id].id))
+
+
+def _settle(
+    context: LedgerContext,
+    connection: Connection,
+    run: SettlementRun,
+    recording: _Recording,
+    drafts: list[EntryDraft],
+) -> tuple[UploadReport, dict[str, Any]]:
+    """One upload's turn in its group's run: name the forgeries, decide its devices, publish a
+    revocation list if it revoked, make its sync receipt. Its entries join ``drafts``."""
+    first_payout, first_revoked = len(run.payouts), len(run.revoked)
+    for refusal in recording.forged:
         assert refusal.payer_device is not None
         run.open_case(run.books[refusal.payer_device], "offline_forged",
                       () if refusal.counter is None else (refusal.counter,), (refusal.digest,),
                       lambda _, amount=refusal.amount_fen: amount,
                       f"not a payment of a certified device: {refusal.code}: {refusal.detail}")
-    run.decide()
-    run.write(post_entries(connection, run.drafts(), now=now))
-    revocation_envelope = publish_pending_revocations(context, connection)
-    statuses = run.final_statuses()
-    for index, result in stored:
+    run.decide(recording.involved)
+    drafts += run.drafts(run.payouts[first_payout:])
+    revocation_envelope = _publish(context, connection, run)
+    statuses = run.statuses_of(recording.involved)
+    outcomes = recording.outcomes
+    for index, result in recording.stored:
         status, reason = statuses[result.payment_hash]
         previous = outcomes[index]
         outcomes[index] = UploadOutcome(index, status, reason, result.payment_hash,
                                         result.message["payer_device"],
                                         duplicate=previous is not None and previous.duplicate)
-    receipt = _sync(context, connection, uploader, results, statuses, run, now)
+    receipt, sync = _sync(context, recording.uploader, recording.results, statuses, run)
     assert all(outcome is not None for outcome in outcomes)
-    return UploadReport(
+    report = UploadReport(
         outcomes=tuple(o for o in outcomes if o is not None),
-        revoked=tuple(run.revoked),
+        revoked=tuple(run.revoked[first_revoked:]),
         sync_receipt=receipt,
         revocation_list=revocation_envelope,
     )
+    return report, sync
+
+
+def _publish(
+    context: LedgerContext, connection: Connection, run: SettlementRun
+) -> dict[str, Any] | None:
+    """What :func:`publish_pending_revocations` answers after this upload: a new list if a
+    revocation is unpublished (the run then sees it), else the latest list."""
+    assert run.revocations is not None
+    if run.write_revocations() or run.revocations.unpublished:
+        envelope = publish_pending_revocations(context, connection)
+        run.revocations = load_revocations(connection)
+        return envelope
+    latest = run.revocations.lists.get(run.revocations.latest_number)
+    return None if latest is None else dict(latest.envelope or {})
 
 
 def _store_new(
-    connection: Connection,
     results: list[Authenticated | Refusal],
     devices: dict[str, DeviceRow],
+    certificates: dict[str, str],
     outcomes: list[UploadOutcome | None],
     uploader: DeviceRow,
+    known: dict[str, str],
+    rows: dict[str, dict[str, Any]],
     now: datetime,
 ) -> list[tuple[int, Authenticated]]:
-    """Refuse what cannot be stored; insert each new payment once; return the stored ones
-    (new and duplicates) by index."""
-    known = known_payments(connection, [r.payment_hash for r in results
-                                        if isinstance(r, Authenticated)])
+    """Refuse what cannot be stored; add each new payment's row to ``rows`` once (``known``:
+    the payments the ledger held before); return the stored ones (new and duplicates) by
+    index."""
     stored: list[tuple[int, Authenticated]] = []
-    rows: dict[str, dict[str, Any]] = {}
-    certificates = {device.device_id: json.loads(device.certificate_json)["signature"]
-                    for device in devices.values()}
     for index, result in enumerate(results):
         if isinstance(result, Refusal):
             outcomes[index] = UploadOutcome(index, "refused", result.code, None,
@@ -294,8 +459,6 @@ def _store_new(
         else:
             rows[result.payment_hash] = _payment_row(result, payer, uploader, now)
         stored.append((index, result))
-    if rows:
-        connection.execute(insert(offline_payments), list(rows.values()))
     return stored
 
 
@@ -338,16 +501,16 @@ def _payment_row(
 
 def _sync(
     context: LedgerContext,
-    connection: Connection,
     uploader: DeviceRow,
     results: list[Authenticated | Refusal],
     statuses: dict[str, tuple[str, str | None]],
     run: SettlementRun,
-    now: datetime,
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], dict[str, Any]]:
     """The uploader's sync receipt: its payments are on the ledger up to the highest counter it
     uploaded itself, as far as the ledger holds them without a gap; the payments it received
-    (and uploaded here) that are paid."""
+    (and uploaded here) that are paid. With it, the uploader's row as it is to be updated; the
+    run learns the list the uploader now holds, should it be the payee of a later upload."""
+    now = run.now
     # A payment naming the uploader as both payer and payee can only come from a clone of it
     # (an honest device never pays itself): it says nothing of what the uploader itself spent.
     own = [r.message["counter"] for r in results if isinstance(r, Authenticated)
@@ -372,11 +535,9 @@ def _sync(
     receipt = authority.sign_sync_receipt(sync_id=f"sync-{digest}",
                                           device_id=uploader.device_id, synced_counter=synced,
                                           settled=settled, created_at=now)
-    connection.execute(
-        update(offline_devices).where(offline_devices.c.id == uploader.id).values(
-            synced_counter=synced, last_sync_at=now,
-            revocation_number=load_revocations(connection).latest_number,
-        )
-    )
-    return receipt
+    assert run.revocations is not None
+    number = run.revocations.latest_number
+    if uploader.device_id in run.payees:
+        run.payees[uploader.device_id] = (run.payees[uploader.device_id][0], number)
+    return receipt, {"device_row_id": uploader.id, "synced": synced, "at": now, "number": number}
 

@@ -40,7 +40,6 @@ from cbdc.simulation.ports import (
 )
 from cbdc.storage.tables import journal_entries
 
-_T = TypeVar("_T")
 _C = TypeVar("_C")
 _R = TypeVar("_R")
 
@@ -204,37 +203,27 @@ class InProcessLedger:
     def final_state_hash(self) -> str:
         return final_state_hash(self.context)
 
-    # -- offline (the same services as the API's offline routes) ---------------------------
+    # -- offline (the same services as the API's offline routes, in batches) ----------------
 
     @contextmanager
     def offline_session(self) -> Iterator[None]:
         with self.context.write():
             yield
 
-    def provision_device(self, device_id: str, wallet_id: str,
-                         public_key_hex: str) -> offline.ProvisionedDevice:
-        return self._savepoint(lambda: offline.provision_device(
-            self.context, device_id, wallet_id, public_key_hex))
+    def provision_devices(
+        self, requests: Sequence[offline.DeviceRequest]
+    ) -> list[offline.ProvisionedDevice | CbdcError]:
+        return offline.provision_devices(self.context, requests)
 
-    def load_device(self, load_id: str, device_id: str, amount_fen: int) -> dict[str, Any]:
-        return self._savepoint(lambda: offline.load_device(
-            self.context, load_id, device_id, amount_fen))
+    def load_devices(
+        self, loads: Sequence[offline.DeviceLoad]
+    ) -> list[dict[str, Any] | CbdcError]:
+        return offline.load_devices(self.context, loads)
 
-    def upload_offline(self, envelopes: Sequence[Any], device_id: str) -> offline.UploadReport:
-        return self._savepoint(lambda: offline.upload_offline_payments(
-            self.context, envelopes, uploaded_by_device_id=device_id))
-
-    def _savepoint(self, work: Callable[[], _T]) -> _T:
-        """Inside an offline session: undo only this call if it fails."""
-        with self.context.write() as connection:
-            savepoint = connection.begin_nested()
-            try:
-                result = work()
-            except BaseException:
-                savepoint.rollback()
-                raise
-            savepoint.commit()
-            return result
+    def upload_offline(
+        self, uploads: Sequence[offline.Upload]
+    ) -> list[offline.UploadReport | CbdcError]:
+        return offline.upload_offline_batches(self.context, uploads)
 
     def fraud_devices(self) -> dict[str, int]:
         return dict(Counter(case.device_id for case in offline.fraud_cases(self.context)))

@@ -15,8 +15,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
+from cbdc.domain.errors import CbdcError
 from cbdc.services.issuance_run import Plan, RunReport
-from cbdc.services.offline import ProvisionedDevice, UploadReport
+from cbdc.services.offline import (
+    DeviceLoad,
+    DeviceRequest,
+    ProvisionedDevice,
+    Upload,
+    UploadReport,
+)
 from cbdc.simulation.metrics import SupplySample
 
 Envelope = Mapping[str, Any]
@@ -150,22 +157,25 @@ class LedgerPort(Protocol):
 
 @runtime_checkable
 class OfflineLedgerPort(Protocol):
-    """What offline payments need from a ledger: certify a device, load it (wallet -> escrow,
-    an operator-signed receipt), take a device's upload (settling what it holds, opening fraud
-    cases) and list the fraud cases. Each call is its own unit of work at the port's time;
-    refusals are raised (:class:`~cbdc.domain.errors.CbdcError`)."""
+    """What offline payments need from a ledger, in batches (devices go online together):
+    certify devices, load them (wallet -> escrow, operator-signed receipts), take devices'
+    uploads (settling what they hold, opening fraud cases) and list the fraud cases. Each batch
+    is one unit of work at the port's time (or joins the session's); each item is answered as
+    if the items before it had been sent one by one, a refusal as the
+    :class:`~cbdc.domain.errors.CbdcError` in its place (it changes nothing)."""
 
     def offline_session(self) -> AbstractContextManager[None]:
-        """Group the calls made inside it (in-process: one unit of work, each call in its own
-        savepoint, so a refusal undoes only itself)."""
+        """Group the batches sent inside it (in-process: one unit of work, which the ledger
+        commands sent meanwhile, such as top-ups, join)."""
         ...
 
-    def provision_device(self, device_id: str, wallet_id: str,
-                         public_key_hex: str) -> ProvisionedDevice: ...
+    def provision_devices(
+        self, requests: Sequence[DeviceRequest]
+    ) -> list[ProvisionedDevice | CbdcError]: ...
 
-    def load_device(self, load_id: str, device_id: str, amount_fen: int) -> dict[str, Any]: ...
+    def load_devices(self, loads: Sequence[DeviceLoad]) -> list[dict[str, Any] | CbdcError]: ...
 
-    def upload_offline(self, envelopes: Sequence[Any], device_id: str) -> UploadReport: ...
+    def upload_offline(self, uploads: Sequence[Upload]) -> list[UploadReport | CbdcError]: ...
 
     def fraud_devices(self) -> dict[str, int]:
         """Device id -> number of fraud cases opened against it."""

@@ -105,6 +105,7 @@ class Scenario:
     request_valid_seconds: int
     full_refund_percent: int
     amount_buckets: tuple[AmountBucket, ...]
+    card_holders_percent: int
     offline_load_fen: int
     sync_delay_hours: tuple[int, int]
     misbehaviour: Misbehaviour
@@ -297,6 +298,7 @@ def parse_scenario(document: Mapping[str, Any]) -> Scenario:
         request_valid_seconds=payments.integer("request_valid_seconds", low=1),
         full_refund_percent=payments.integer("full_refund_percent", high=100),
         amount_buckets=_buckets(root.sub("amounts")),
+        card_holders_percent=offline.integer("card_holders_percent", low=1, high=100),
         offline_load_fen=offline.fen("load"),
         sync_delay_hours=_pair(offline, "sync_delay_hours"),
         misbehaviour=Misbehaviour(

@@ -272,6 +272,19 @@ def known_payments(connection: Connection, payment_hashes: Sequence[str]) -> dic
     return found
 
 
+def stored_signatures(connection: Connection, payment_hashes: Sequence[str]) -> dict[str, str]:
+    """The signature (hex) stored with each already-stored payment among ``payment_hashes``."""
+    found: dict[str, str] = {}
+    hashes = sorted(set(payment_hashes))
+    for start in range(0, len(hashes), 900):  # SQLite's bound-parameter limit
+        rows = connection.execute(
+            select(offline_payments.c.payment_hash, offline_payments.c.signature)
+            .where(offline_payments.c.payment_hash.in_(hashes[start:start + 900]))
+        )
+        found.update({row.payment_hash: row.signature for row in rows})
+    return found
+
+
 def load_messages(
     connection: Connection, device_row_ids: Sequence[int]
 ) -> dict[int, list[dict[str, Any]]]:

@@ -386,3 +386,26 @@ def test_custom_caps_are_enforced(world: World, shop: SecureElement) -> None:
     with pytest.raises(OfflineRefused) as caught:
         card.pay("shop", "w-shop", yuan(5), world.tick())
     assert caught.value.code == "offline_payments_exhausted"
+
+
+def test_a_payee_checks_every_chain_it_has_not_verified_itself(
+    world: World, card: SecureElement, shop: SecureElement
+) -> None:
+    """A payee remembers the operator certificates and chains it verified, so each is verified
+    once; a copy altered in any byte is not one of them and is refused, even from a device or
+    an operator it has been paid by before."""
+    shop.receive(card.pay("shop", "w-shop", yuan(10), world.now), world.now)
+    other = world.device("other")
+    world.load(other, yuan(100))
+    shop.receive(other.pay("shop", "w-shop", yuan(5), world.now), world.now)  # same operator
+    held = shop.payments_received()
+    altered_operator = card.pay("shop", "w-shop", yuan(10), world.now)
+    altered_operator["operator_certificate"]["message"]["not_after"] = format_time(
+        T0 + timedelta(days=4000))
+    altered_device = other.pay("shop", "w-shop", yuan(5), world.now)
+    altered_device["certificate"]["message"]["offline_payments_max"] = 11
+    for altered in (altered_operator, altered_device):
+        with pytest.raises(CertificateRefused) as caught:
+            shop.receive(altered, world.now)
+        assert caught.value.code == "certificate_invalid"
+    assert shop.payments_received() == held
