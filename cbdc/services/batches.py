@@ -10,7 +10,9 @@ runs that order in three parts, so that the costly ones overlap:
    id, ...) are set aside (:class:`Prepared` ``later``), to be answered only once the signature
    is known to be good.
 2. The Ed25519 signatures: on a second thread for batches of :data:`PARALLEL_VERIFY_MIN` or more
-   (PyNaCl releases the GIL while it verifies).
+   (PyNaCl releases the GIL while it verifies); once this thread has done its own checks and
+   needs the verdicts, it verifies whatever the second thread has not reached yet, so both cores
+   verify (:class:`SharedVerification`).
 3. ``write``, in one unit of work, on this thread while step 2 runs: the checks against the
    database and the batch's running state, optimistically. It writes nothing until every verdict
    is in; if a command was forged it starts again without it (:func:`forged_out`), since a
@@ -18,12 +20,14 @@ runs that order in three parts, so that the costly ones overlap:
 
 A forged command is answered ``signature_invalid``. If a concurrent unit of work wins the race
 for a unique key that the batch's locks did not cover, the database refuses the batch
-(IntegrityError) and each command is then answered alone, as if it had come second where it did
-(``after_race``).
+(IntegrityError), or the journal finds the settlement's entry id already posted by the winner
+(``entry_conflict``: it committed between this batch's look at the settlements and its posting),
+and each command is then answered alone, as if it had come second where it did (``after_race``).
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +36,7 @@ from typing import Generic, Protocol, TypeVar
 from sqlalchemy import Connection
 from sqlalchemy.exc import IntegrityError
 
-from cbdc.domain.errors import CbdcError, InvalidSignature
+from cbdc.domain.errors import CbdcError, EntryConflict, InvalidSignature
 from cbdc.domain.messages import PreparedEnvelope
 from cbdc.services.context import LedgerContext
 
@@ -48,8 +52,13 @@ RawT = TypeVar("RawT")
 ItemT = TypeVar("ItemT", bound=Indexed)
 AnswerT = TypeVar("AnswerT")
 
-#: Each command's signature verdict, by its place in the batch.
-Verdicts = Future[dict[int, bool]]
+
+
+class Verdicts(Protocol):
+    """Each command's signature verdict, by its place in the batch (blocks until all are in)."""
+
+    def result(self) -> dict[int, bool]: ...
+
 
 #: Batches at least this long check their signatures on a second thread: PyNaCl releases the
 #: GIL while it verifies, so the check overlaps this thread's own work.
@@ -138,21 +147,48 @@ def all_verified(items: Sequence[Indexed]) -> Verdicts:
 
 
 def _verify_signatures(prepared: list[Prepared[ItemT]]) -> Verdicts:
-    def run() -> dict[int, bool]:
-        return {
-            each.index: all(envelope.signature_valid() for envelope in each.envelopes)
-            for each in prepared
-        }
-
     if len(prepared) >= PARALLEL_VERIFY_MIN:
-        return _VERIFIER.submit(run)
-    return _settled(run())
+        return SharedVerification(prepared)
+    return _settled({each.index: _authentic(each) for each in prepared})
+
+
+def _authentic(prepared: Prepared[ItemT]) -> bool:
+    return all(envelope.signature_valid() for envelope in prepared.envelopes)
+
+
+class SharedVerification(Generic[ItemT]):
+    """Signatures verified by a second thread from the front of a queue; the caller, when it asks
+    for the verdicts, takes from the same queue until it is empty, then waits for the item the
+    second thread holds. ``deque.popleft`` is atomic, so each item is verified exactly once."""
+
+    def __init__(self, prepared: list[Prepared[ItemT]]) -> None:
+        self._queue = deque(prepared)
+        self._verdicts: dict[int, bool] = {}
+        self._helper = _VERIFIER.submit(self._drain)
+
+    def _drain(self) -> None:
+        queue, verdicts = self._queue, self._verdicts
+        while True:
+            try:
+                each = queue.popleft()
+            except IndexError:
+                return
+            verdicts[each.index] = _authentic(each)
+
+    def result(self) -> dict[int, bool]:
+        self._drain()
+        self._helper.result()
+        return self._verdicts
 
 
 def _settled(verdicts: dict[int, bool]) -> Verdicts:
-    done: Verdicts = Future()
+    done: Future[dict[int, bool]] = Future()
     done.set_result(verdicts)
     return done
+
+
+#: What a batch meets when a concurrent unit of work settled one of its ids first.
+_LOST_RACE = (IntegrityError, EntryConflict)
 
 
 def _write_or_each_alone(
@@ -167,7 +203,7 @@ def _write_or_each_alone(
         with context.write() as connection:
             write(connection, items, answers, verdicts)
         return
-    except IntegrityError:
+    except _LOST_RACE:
         pass
     valid = verdicts.result()
     for item in items:
@@ -185,7 +221,7 @@ def _alone(
     try:
         with context.write() as connection:
             write(connection, [item], answers, all_verified([item]))
-    except IntegrityError:
+    except _LOST_RACE:
         try:
             return after_race(item)
         except CbdcError as error:
