@@ -31,6 +31,7 @@ from cbdc.domain.errors import CbdcError
 from cbdc.domain.money import check_amount
 from cbdc.domain.postings import EntryDraft, transfer
 from cbdc.domain.tiers import check_incoming
+from cbdc.services.batches import only
 from cbdc.services.context import LedgerContext
 from cbdc.services.wallets import check_active, effective_limits
 from cbdc.storage.journal import PostedEntry, post_entries, recorded_entries
@@ -54,14 +55,14 @@ def top_up(context: LedgerContext, entry_id: str, wallet_id: str, amount_fen: in
     """Credit ``amount_fen`` to the wallet from its operator's float (deposit -> e-CNY).
 
     Idempotent on ``entry_id``."""
-    return _one(top_ups(context, [Funding(entry_id, wallet_id, amount_fen)]))
+    return only(top_ups(context, [Funding(entry_id, wallet_id, amount_fen)]))
 
 
 def withdraw(context: LedgerContext, entry_id: str, wallet_id: str, amount_fen: int) -> PostedEntry:
     """Move ``amount_fen`` from the wallet back to its operator's float (e-CNY -> deposit).
 
     Idempotent on ``entry_id``; ``insufficient_funds`` when the wallet holds less."""
-    return _one(withdrawals(context, [Funding(entry_id, wallet_id, amount_fen)]))
+    return only(withdrawals(context, [Funding(entry_id, wallet_id, amount_fen)]))
 
 
 def top_ups(context: LedgerContext, items: Sequence[Funding]) -> list[FundingResult]:
@@ -73,13 +74,6 @@ def withdrawals(context: LedgerContext, items: Sequence[Funding]) -> list[Fundin
     """Many withdrawals in one unit of work; each answer is what :func:`withdraw` would have
     given."""
     return _fund(context, items, "withdrawal")
-
-
-def _one(results: list[FundingResult]) -> PostedEntry:
-    (result,) = results
-    if isinstance(result, CbdcError):
-        raise result
-    return result
 
 
 def _fund(

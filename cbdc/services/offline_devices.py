@@ -43,6 +43,7 @@ from cbdc.domain.money import check_amount
 from cbdc.domain.postings import EntryDraft, canonical_json, transfer
 from cbdc.offline import OfflineCaps, offline_caps_for
 from cbdc.offline.messages import UNLOAD, message_hash, open_envelope
+from cbdc.services.batches import only
 from cbdc.services.context import LedgerContext
 from cbdc.services.offline_keys import operator_authority, root_authority, root_public_key
 from cbdc.services.offline_settlement import FraudCaseView, SettlementRun
@@ -101,12 +102,9 @@ def provision_device(
     (the first provisioned): the same wallet and key return the certificate issued first,
     anything else is ``offline_device_exists`` (or ``offline_device_key_exists`` for a key
     another device holds); the wallet exists and is active."""
-    (answer,) = provision_devices(context, [DeviceRequest(device_id, wallet_id,
-                                                          device_public_key_hex)],
-                                  valid_for=valid_for, caps=caps)
-    if isinstance(answer, CbdcError):
-        raise answer
-    return answer
+    return only(provision_devices(
+        context, [DeviceRequest(device_id, wallet_id, device_public_key_hex)],
+        valid_for=valid_for, caps=caps))
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,10 +298,7 @@ def load_device(
     (``certificate_expired``); the wallet is active; the escrow stays within the device's
     balance cap (``offline_balance_cap_exceeded``); the wallet holds the amount
     (``insufficient_funds``)."""
-    (answer,) = load_devices(context, [DeviceLoad(load_id, device_id, amount_fen)])
-    if isinstance(answer, CbdcError):
-        raise answer
-    return answer
+    return only(load_devices(context, [DeviceLoad(load_id, device_id, amount_fen)]))
 
 
 @dataclass(frozen=True, slots=True)

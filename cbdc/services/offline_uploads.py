@@ -54,6 +54,7 @@ from cbdc.offline.batch import (
     verify_signatures,
 )
 from cbdc.offline.messages import parse_time
+from cbdc.services.batches import only
 from cbdc.services.context import LedgerContext
 from cbdc.services.offline_devices import publish_pending_revocations
 from cbdc.services.offline_keys import issued_certificate, operator_authority, root_public_key
@@ -114,10 +115,7 @@ def upload_offline_payments(
 ) -> UploadReport:
     """Store, classify and settle a batch of offline payment envelopes uploaded by a device
     (its own payments, those it received, or both). Order: see the module docstring."""
-    (answer,) = upload_offline_batches(context, [Upload(uploaded_by_device_id, envelopes)])
-    if isinstance(answer, CbdcError):
-        raise answer
-    return answer
+    return only(upload_offline_batches(context, [Upload(uploaded_by_device_id, envelopes)]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -43,6 +43,7 @@ from cbdc.domain.tiers import (
     check_evidence,
     check_sub_wallet_caps,
 )
+from cbdc.services.batches import only
 from cbdc.services.context import LedgerContext
 from cbdc.services.issuance import Operator, get_operator
 from cbdc.storage.journal import PostedEntry, post_entries
@@ -204,10 +205,7 @@ def open_wallet(
     wallet as it is now; anything else is ``wallet_exists``."""
     opening = WalletOpening(wallet_id, operator_code, evidence, zone, wallet_class, holder_kind,
                             merchant_category_code, reverse_waterfall)
-    (result,) = open_wallets(context, [opening])
-    if isinstance(result, CbdcError):
-        raise result
-    return result
+    return only(open_wallets(context, [opening]))
 
 
 def open_wallets(
