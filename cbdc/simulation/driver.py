@@ -348,13 +348,18 @@ class Driver:
         self._add(at, TopUp(f"sim:top-up:{self._next_id()}", population.wallet_id(payer),
                             top_up), self._on_top_up(payer, top_up))
 
-    def _merchant_qr(self, at: datetime) -> None:
-        population, scenario = self.population, self.scenario
+    def _purchase(self, at: datetime) -> tuple[int, int, int, int]:
+        """A customer, a merchant near them, a price and the purchase's number; the customer's
+        app tops up first if the wallet holds less than the price."""
         payer = self._payer()
         merchant = self._merchant_near(payer)
         amount = self.amounts.draw(self.rng)
         self._ensure_funds(payer, amount, at)
-        number = self._next_id()
+        return payer, merchant, amount, self._next_id()
+
+    def _merchant_qr(self, at: datetime) -> None:
+        population, scenario = self.population, self.scenario
+        payer, merchant, amount, number = self._purchase(at)
         request = build_payment_request(
             population.keys[merchant], ledger_id=self.port.ledger_id, request_id=f"rq{number}",
             merchant=population.wallet_id(merchant), amount_fen=amount,
@@ -372,11 +377,7 @@ class Driver:
 
     def _customer_code(self, at: datetime) -> None:
         population, scenario = self.population, self.scenario
-        payer = self._payer()
-        merchant = self._merchant_near(payer)
-        amount = self.amounts.draw(self.rng)
-        self._ensure_funds(payer, amount, at)
-        number = self._next_id()
+        payer, merchant, amount, number = self._purchase(at)
         code = build_payment_code(
             population.keys[payer], ledger_id=self.port.ledger_id, code_id=f"code{number}",
             payer=population.wallet_id(payer), max_amount_fen=amount, created_at=at,
