@@ -43,7 +43,7 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, select
+from sqlalchemy import Connection, bindparam, select
 from sqlalchemy.exc import IntegrityError
 
 from cbdc.domain.errors import (
@@ -338,21 +338,24 @@ class _Original:
     amount_fen: int
 
 
+_PAYERS, _PAYEES = wallets.alias("payers"), wallets.alias("payees")
+_ORIGINAL = (
+    select(
+        payments.c.id,
+        payments.c.payment_id,
+        payments.c.kind,
+        payments.c.amount_fen,
+        _PAYERS.c.wallet_id.label("payer"),
+        _PAYEES.c.wallet_id.label("payee"),
+    )
+    .join(_PAYERS, _PAYERS.c.id == payments.c.payer_wallet_id)
+    .join(_PAYEES, _PAYEES.c.id == payments.c.payee_wallet_id)
+    .where(payments.c.payment_id == bindparam("payment_id"))
+)
+
+
 def _original(connection: Connection, message: Message) -> _Original:
-    payers, payees = wallets.alias("payers"), wallets.alias("payees")
-    row = connection.execute(
-        select(
-            payments.c.id,
-            payments.c.payment_id,
-            payments.c.kind,
-            payments.c.amount_fen,
-            payers.c.wallet_id.label("payer"),
-            payees.c.wallet_id.label("payee"),
-        )
-        .join(payers, payers.c.id == payments.c.payer_wallet_id)
-        .join(payees, payees.c.id == payments.c.payee_wallet_id)
-        .where(payments.c.payment_id == message["payment_id"])
-    ).first()
+    row = connection.execute(_ORIGINAL, {"payment_id": message["payment_id"]}).first()
     if row is None:
         raise NotFound(f"no payment {message['payment_id']!r}", code="payment_not_found")
     if row.kind == "refund":
