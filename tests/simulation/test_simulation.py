@@ -4,6 +4,7 @@ books hold, every cheat it injected was refused or detected, and its report rend
 from __future__ import annotations
 
 import base64
+import gc
 import json
 import struct
 from collections.abc import Iterator
@@ -210,3 +211,23 @@ def test_sqlite_and_postgresql_reach_the_same_final_state(
         for _ in database:
             pass
     assert hashes["sqlite"] == hashes["postgresql"]
+
+
+def test_a_run_collects_garbage_less_often_and_restores_the_collector(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    scenario = replace(default_scenario().with_counts(wallets=20, merchants=2, payments=40),
+                       days=1)
+    database = fresh_database("sqlite", request, tmp_path)
+    url = next(database)
+    during: set[tuple[int, int, int]] = set()
+    saved = gc.get_threshold()
+    gc.set_threshold(701, 11, 12)
+    try:
+        simulate(scenario, SEED, port=in_process_port(scenario, SEED, url),
+                 progress=lambda *_: during.add(gc.get_threshold()))
+        after = gc.get_threshold()
+    finally:
+        gc.set_threshold(*saved)
+    assert during and all(threshold[0] > 701 for threshold in during)
+    assert after == (701, 11, 12)
