@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 
 from cbdc.domain.errors import NotFound
 from cbdc.services.context import LedgerContext
@@ -34,23 +34,28 @@ class FoundSettlement:
     operator_codes: frozenset[str]
 
 
+_PAYER, _PAYEE = wallets.alias("payer"), wallets.alias("payee")
+_PAYER_OPERATOR, _PAYEE_OPERATOR = institutions.alias("po"), institutions.alias("qo")
+#: The codes of the operators serving a settlement's payer and payee (built once: a fresh alias
+#: of a wide table costs more per call than the query).
+_OPERATOR_CODES = (
+    select(_PAYER_OPERATOR.c.code, _PAYEE_OPERATOR.c.code)
+    .select_from(payments)
+    .join(_PAYER, _PAYER.c.id == payments.c.payer_wallet_id)
+    .join(_PAYEE, _PAYEE.c.id == payments.c.payee_wallet_id)
+    .join(_PAYER_OPERATOR, _PAYER_OPERATOR.c.id == _PAYER.c.operator_id)
+    .join(_PAYEE_OPERATOR, _PAYEE_OPERATOR.c.id == _PAYEE.c.operator_id)
+    .where(payments.c.id == bindparam("row_id"))
+)
+
+
 def find_settlement(context: LedgerContext, payment_id: str) -> FoundSettlement:
     """A settled payment, capture or refund by its id; ``payment_not_found`` otherwise."""
     with context.read() as connection:
         row = find_payment(connection, payment_id)
         if row is None:
             raise NotFound(f"no settlement {payment_id!r}", code="payment_not_found")
-        payer, payee = wallets.alias("payer"), wallets.alias("payee")
-        payer_operator, payee_operator = institutions.alias("po"), institutions.alias("qo")
-        codes = connection.execute(
-            select(payer_operator.c.code, payee_operator.c.code)
-            .select_from(payments)
-            .join(payer, payer.c.id == payments.c.payer_wallet_id)
-            .join(payee, payee.c.id == payments.c.payee_wallet_id)
-            .join(payer_operator, payer_operator.c.id == payer.c.operator_id)
-            .join(payee_operator, payee_operator.c.id == payee.c.operator_id)
-            .where(payments.c.id == row.id)
-        ).one()
+        codes = connection.execute(_OPERATOR_CODES, {"row_id": row.id}).one()
     return FoundSettlement(from_record(row, row.message_hash, row.kind), frozenset(codes))
 
 
