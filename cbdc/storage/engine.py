@@ -1,6 +1,7 @@
 """Engine set-up per dialect, and the two kinds of transaction the services open.
 
-SQLite (embedded default): WAL, ``synchronous=NORMAL``, foreign keys on, and pysqlite's own
+SQLite (embedded default): WAL, ``synchronous=NORMAL``, a checkpoint every
+:data:`SQLITE_WAL_CHECKPOINT_PAGES` pages of WAL, foreign keys on, and pysqlite's own
 transaction handling switched off so that *we* emit ``BEGIN IMMEDIATE`` for every write
 transaction. Without it, Python's sqlite3 starts no transaction before a SELECT, and a
 read-check-write races (two payments of 80 from a balance of 100 both succeed).
@@ -22,6 +23,11 @@ from sqlalchemy.exc import DBAPIError
 DEFAULT_DATABASE_URL = "sqlite:///cbdc.sqlite3"
 ENV_DATABASE_URL = "CBDC_DATABASE_URL"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: WAL pages (4 KiB) written before SQLite copies them back into the database file (its default
+#: is 1,000). A settlement batch touches a few hundred pages spread over the indexes, so at
+#: 1,000 nearly every other commit checkpointed; at 10,000 (a WAL of about 40 MiB) the pages
+#: rewritten between checkpoints are copied once: the default simulation ran about 10 % faster.
+SQLITE_WAL_CHECKPOINT_PAGES = 10_000
 
 
 def database_url_from_env() -> str:
@@ -57,6 +63,7 @@ def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
         cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute(f"PRAGMA wal_autocheckpoint={SQLITE_WAL_CHECKPOINT_PAGES}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cursor.close()

@@ -1,10 +1,13 @@
 """Both engines come up migrated, and refuse what the schema forbids."""
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError, IntegrityError
 
 from cbdc.services.context import LedgerContext
+from cbdc.storage.engine import SQLITE_WAL_CHECKPOINT_PAGES, make_engine
 
 
 def test_both_engines_run_at_head(ledger: LedgerContext, database_url: str) -> None:
@@ -12,6 +15,19 @@ def test_both_engines_run_at_head(ledger: LedgerContext, database_url: str) -> N
     assert dialect == ("sqlite" if database_url.startswith("sqlite") else "postgresql")
     with ledger.read() as connection:
         assert connection.execute(text("SELECT last_seq FROM ledger_head")).scalar() == 0
+
+
+def test_sqlite_connections_run_in_wal_with_rare_checkpoints(tmp_path: Path) -> None:
+    engine = make_engine(f"sqlite:///{tmp_path / 'pragmas.sqlite3'}")
+    with engine.connect() as connection:
+        def pragma(name: str) -> object:
+            return connection.exec_driver_sql(f"PRAGMA {name}").scalar()
+
+        assert pragma("journal_mode") == "wal"
+        assert pragma("synchronous") == 1  # NORMAL
+        assert pragma("foreign_keys") == 1
+        assert pragma("wal_autocheckpoint") == SQLITE_WAL_CHECKPOINT_PAGES > 1_000
+    engine.dispose()
 
 
 def test_negative_balance_refused_by_database(ledger: LedgerContext) -> None:
