@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import timedelta
 
 import pytest
@@ -255,6 +256,25 @@ def test_revocation_lists_only_move_forward() -> None:
     altered["message"]["revoked"] = []
     with pytest.raises(InvalidSignature):
         card.install_revocation_list(altered)
+
+
+def test_devices_handed_the_same_revocation_list_share_one_verified_copy() -> None:
+    world = World()
+    card, till = world.device("card"), world.device("till")
+    envelope = world.revoke(1, "dev-x", "dev-y")
+    snapshot = card.install_revocation_list(envelope)
+    # Each device is handed its own copy over the wire; one snapshot serves them all.
+    assert till.install_revocation_list(copy.deepcopy(envelope)) is snapshot
+    assert snapshot.revoked == {"dev-x", "dev-y"}
+
+    # Changing the list after it was verified changes neither the shared snapshot nor what a
+    # device accepts: the altered list is verified in full, and its signature fails.
+    envelope["message"]["revoked"].remove("dev-y")
+    assert snapshot.revoked == {"dev-x", "dev-y"}
+    assert snapshot.envelope is not None and snapshot.envelope["message"]["revoked"] == [
+        "dev-x", "dev-y"]
+    with pytest.raises(InvalidSignature):
+        world.device("kiosk").install_revocation_list(envelope)
 
 
 def test_a_revoked_device_refuses_to_pay() -> None:
