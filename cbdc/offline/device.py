@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -59,6 +60,9 @@ from cbdc.offline.messages import (
     format_time,
 )
 from cbdc.offline.verification import VerifiedPayment, payment_envelope, verify_offline_payment
+
+#: An own payment as the device keeps it until synced: message, signature, certificate chain.
+_Made = tuple[Mapping[str, Any], bytes, DeviceCertificate, OperatorCertificate]
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,8 +108,9 @@ class SecureElement:
         self._paid_fen_total = 0
         self._unloaded_fen_total = 0
         # Own payments the ledger has not acknowledged (counter above _synced_counter), in
-        # counter order; received payments the ledger has not settled, by payment hash.
-        self._made: list[dict[str, Any]] = []
+        # counter order, kept as their parts (the certificates shared, not copied into each);
+        # received payments the ledger has not settled, by payment hash.
+        self._made: list[_Made] = []
         self._received: dict[str, VerifiedPayment] = {}
         self._last_seen: dict[str, tuple[int, str]] = {}
         # Digests of the certificate chains this device verified under its pinned root: a
@@ -151,7 +156,7 @@ class SecureElement:
         """The device's own payment envelopes the ledger has not acknowledged yet (counter
         above ``synced_counter``), in counter order: what it uploads when it syncs. Older ones
         were forgotten on the sync receipt that acknowledged them."""
-        return tuple(_json_copy(envelope) for envelope in self._made)
+        return tuple(_json_copy(payment_envelope(*made)) for made in self._made)
 
     def payments_received(self) -> tuple[VerifiedPayment, ...]:
         """The received payments the device holds, in the order received: those no sync
@@ -332,7 +337,7 @@ class SecureElement:
         self._last_payment_hash = hashlib.sha256(signed).hexdigest()
         self._balance_fen -= amount_fen
         self._paid_fen_total += amount_fen
-        self._made.append(envelope)
+        self._made.append((plain, signature, certificate, operator_certificate))
         copied: dict[str, Any] = _json_copy(envelope)
         return copied
 
@@ -423,8 +428,7 @@ class SecureElement:
                 f"device's {self._counter}"
             )
         self._synced_counter = max(self._synced_counter, receipt["synced_counter"])
-        self._made = [envelope for envelope in self._made
-                      if envelope["message"]["counter"] > self._synced_counter]
+        self._made = [made for made in self._made if made[0]["counter"] > self._synced_counter]
         for payment_hash in receipt["settled"]:
             self._received.pop(payment_hash, None)
         return receipt

@@ -30,7 +30,7 @@ import heapq
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import nacl.signing
 
@@ -97,7 +97,6 @@ class OfflineDesk:
         self.devices: dict[str, SecureElement] = {}
         self.owner: dict[str, int] = {}
         self.paid: dict[str, _Paid] = {}
-        self.made: dict[SecureElement, list[dict[str, Any]]] = {}  # by card: not yet synced
         self.clones: list[str] = []
         self.now = driver.start
 
@@ -220,7 +219,7 @@ class OfflineDesk:
         twin = card.clone()
         try:
             self._spend(card, slot.payer, slot.merchant, amount, "cloned_card")
-            self._spend(twin, slot.payer, slot.second, amount, "cloned_card", own=False)
+            self._spend(twin, slot.payer, slot.second, amount, "cloned_card")
         except CbdcError as error:  # a till that already knows the card is revoked
             driver.metrics.cheat_rejections[error.code] += 1
             driver.metrics.injections.record("cloned_card", device_id, "refused", error.code)
@@ -246,16 +245,14 @@ class OfflineDesk:
             driver.metrics.rejected(driver.hour, code)
 
     def _spend(self, card: SecureElement, payer: int, merchant: int, amount_fen: int,
-               kind: str = "offline", *, own: bool = True) -> None:
-        """The card pays the merchant's till; ``own``: the holder's card (not a clone's twin),
-        which keeps the payment to upload when it next syncs."""
+               kind: str = "offline") -> None:
+        """The card (or a clone's twin) pays the merchant's till; the card keeps the payment
+        to upload when it next syncs."""
         population = self.driver.population
         till = self.tills[merchant]
         self._tick()
         envelope = card.pay(_device_id(till), population.wallet_id(merchant), amount_fen,
                             self.now)
-        if own:
-            self.made.setdefault(card, []).append(envelope)
         self.paid[message_hash(OFFLINE_PAYMENT, envelope["message"])] = _Paid(
             kind, self.now, payer, merchant, amount_fen)
         till.receive(envelope, self.now)  # a refusal here leaves it to the card's own upload
@@ -355,7 +352,7 @@ class OfflineDesk:
         its payments since its last sync, a till what it received and is still pending)."""
         uploads: list[tuple[SecureElement, Upload]] = []
         for element in elements:
-            envelopes = [*self.made.get(element, ()),
+            envelopes = [*element.payments_made(),
                          *(payment.to_envelope() for payment in element.pending_received())]
             if envelopes:
                 uploads.append((element, Upload(_device_id(element), envelopes)))
@@ -372,11 +369,7 @@ class OfflineDesk:
             self._synced(element, report)
 
     def _synced(self, element: SecureElement, report: UploadReport) -> None:
-        element.sync_done(report.sync_receipt)
-        if element in self.made:
-            synced = element.state().synced_counter
-            self.made[element] = [envelope for envelope in self.made[element]
-                                  if envelope["message"]["counter"] > synced]
+        element.sync_done(report.sync_receipt)  # the device forgets what the ledger holds
         if report.revocation_list is not None:
             element.install_revocation_list(report.revocation_list)
         for outcome in report.outcomes:
@@ -387,7 +380,6 @@ class OfflineDesk:
             card = self.cards.get(person)
             if card is not None and _device_id(card) == device_id:
                 del self.cards[person]  # its holder gets a new card when next paying offline
-                self.made.pop(card, None)
 
     def _settled(self, paid: _Paid, status: str) -> None:
         driver = self.driver
