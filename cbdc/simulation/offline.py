@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 TICK = timedelta(microseconds=1)
 #: Upload outcomes that pay the payee.
 SETTLED = ("settled", "operator_paid")
+#: Envelopes in one batch of uploads (as many as the API takes in one upload).
+UPLOAD_ENVELOPES_MAX = 1_000
 #: Rounds of an hour's close after which a slot still waiting is refused (a card that cannot
 #: be made to pay: its loads refused, say), so an hour always ends.
 ROUNDS_MAX = 8
@@ -349,16 +351,30 @@ class OfflineDesk:
 
     def _upload(self, elements: list[SecureElement], online: _Online | None = None) -> None:
         """The devices go online together: each uploads what it holds for the ledger (a card
-        its payments since its last sync, a till what it received and is still pending)."""
-        uploads: list[tuple[SecureElement, Upload]] = []
+        its payments since its last sync, a till what it received and is still pending).
+        Their uploads go in batches of about :data:`UPLOAD_ENVELOPES_MAX` envelopes, at one
+        moment: a batch answers as one-by-one uploads would, so the ledger ends the same as
+        with one batch, and only one batch's envelopes are in memory at a time."""
+        batch: list[tuple[SecureElement, Upload]] = []
+        held = 0
+        ticked = False
         for element in elements:
             envelopes = [*element.payments_made(),
                          *(payment.to_envelope() for payment in element.pending_received())]
-            if envelopes:
-                uploads.append((element, Upload(_device_id(element), envelopes)))
-        if not uploads:
-            return
-        self._tick()
+            if not envelopes:
+                continue
+            batch.append((element, Upload(_device_id(element), envelopes)))
+            held += len(envelopes)
+            if held >= UPLOAD_ENVELOPES_MAX:
+                ticked = self._upload_batch(batch, online, ticked)
+                batch, held = [], 0
+        if batch:
+            self._upload_batch(batch, online, ticked)
+
+    def _upload_batch(self, uploads: list[tuple[SecureElement, Upload]],
+                      online: _Online | None, ticked: bool) -> bool:
+        if not ticked:
+            self._tick()
         reports = self.port.upload_offline([upload for _, upload in uploads])
         for (element, _), report in zip(uploads, reports, strict=True):
             if isinstance(report, CbdcError):
@@ -367,6 +383,7 @@ class OfflineDesk:
                     online.refused[owner] = report.code
                 continue
             self._synced(element, report)
+        return True
 
     def _synced(self, element: SecureElement, report: UploadReport) -> None:
         element.sync_done(report.sync_receipt)  # the device forgets what the ledger holds
