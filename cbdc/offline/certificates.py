@@ -15,6 +15,7 @@ expose less: 200 CNY offline balance, 100 CNY per payment, 5 payments between sy
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -263,21 +264,47 @@ class RevocationSnapshot:
 NO_REVOCATIONS = RevocationSnapshot(number=0, issued_at=None, revoked=frozenset())
 
 
+#: Revocation lists verified lately, by root key, ledger and signature. Every device handed the
+#: same list shares its one (immutable) snapshot: a list names every revoked certificate, so a
+#: copy per device would grow with the devices times the revocations.
+_VERIFIED_LISTS_MAX = 16
+_verified_lists: dict[tuple[bytes, str, str], RevocationSnapshot] = {}
+
+
 def verify_revocation_list(
     envelope: Any, root_public_key: bytes, ledger_id: str
 ) -> RevocationSnapshot:
-    """Check a revocation list's shape, ledger and root signature; return it as a snapshot."""
+    """Check a revocation list's shape, ledger and root signature; return it as a snapshot.
+    A list equal to one verified lately under the same root key and ledger is not verified
+    again: its snapshot is returned (shared, never changed)."""
+    key = _list_key(envelope, root_public_key, ledger_id)
+    known = _verified_lists.get(key) if key is not None else None
+    if known is not None and known.envelope == envelope:
+        return known
     message = messages.verify_envelope(REVOCATION_LIST, envelope, root_public_key)
     if message["ledger_id"] != ledger_id:
         raise CertificateRefused(
             "revocation list is for another ledger", code="certificate_mismatch"
         )
-    return RevocationSnapshot(
+    snapshot = RevocationSnapshot(
         number=message["number"],
         issued_at=parse_time(message["issued_at"]),
         revoked=frozenset(message["revoked"]),
-        envelope={"message": message, "signature": envelope["signature"]},
+        # A deep copy: the snapshot is shared, so nothing the caller holds may change it.
+        envelope={"message": copy.deepcopy(message), "signature": envelope["signature"]},
     )
+    if key is not None:
+        if len(_verified_lists) >= _VERIFIED_LISTS_MAX:
+            _verified_lists.clear()
+        _verified_lists[key] = snapshot
+    return snapshot
+
+
+def _list_key(
+    envelope: Any, root_public_key: bytes, ledger_id: str
+) -> tuple[bytes, str, str] | None:
+    signature = envelope.get("signature") if isinstance(envelope, Mapping) else None
+    return (root_public_key, ledger_id, signature) if isinstance(signature, str) else None
 
 
 # --- chain --------------------------------------------------------------------------------

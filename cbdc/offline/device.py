@@ -1,19 +1,28 @@
 """A simulated secure element: the hardware wallet of an offline payment.
 
 It holds an Ed25519 key that never leaves it (no accessor returns it), a monotonic payment
-counter, an offline balance, its certificate chain, a revocation-list snapshot and the log of
-payments made and received. Its methods are the only way to change that state, and each
-either changes it completely or raises before changing anything.
+counter, an offline balance, its certificate chain, a revocation-list snapshot and the payments
+the ledger does not have yet: those it made since its last acknowledged sync, and those it
+received and the ledger has not settled. Its methods are the only way to change that state, and
+each either changes it completely or raises before changing anything.
 
 Received offline value is *pending*: it is recorded, never added to the offline balance, and
-cannot be spent onward offline; it reaches the payee's wallet when the ledger settles it, and
-the device drops it from pending on the operator's sync receipt. Time is always passed in.
+cannot be spent onward offline; it reaches the payee's wallet when the ledger settles it.
+
+Storage is bounded, as in a real secure element: a verified sync receipt lets the device forget
+what the ledger now holds, namely its own payments through the receipt's ``synced_counter`` and
+the received payments the receipt lists as settled. What it keeps per payer device is one
+counter and hash (the last payment seen from it), which is all replay detection needs: a
+payment already received, settled and forgotten is still refused (``offline_counter_replayed``).
+So the device's memory grows with the devices it deals with and with what it holds unsynced,
+never with the number of payments it has made or received. Time is always passed in.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -51,6 +60,9 @@ from cbdc.offline.messages import (
     format_time,
 )
 from cbdc.offline.verification import VerifiedPayment, payment_envelope, verify_offline_payment
+
+#: An own payment as the device keeps it until synced: message, signature, certificate chain.
+_Made = tuple[Mapping[str, Any], bytes, DeviceCertificate, OperatorCertificate]
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,12 +107,14 @@ class SecureElement:
         self._loaded_fen_total = 0
         self._paid_fen_total = 0
         self._unloaded_fen_total = 0
-        self._made: list[dict[str, Any]] = []
+        # Own payments the ledger has not acknowledged (counter above _synced_counter), in
+        # counter order, kept as their parts (the certificates shared, not copied into each);
+        # received payments the ledger has not settled, by payment hash.
+        self._made: list[_Made] = []
         self._received: dict[str, VerifiedPayment] = {}
-        self._settled: set[str] = set()
         self._last_seen: dict[str, tuple[int, str]] = {}
-        # Certificate chains (signed bytes and signatures) this device verified under its
-        # pinned root: a payee checks each payer's chain once, not at every payment.
+        # Digests of the certificate chains this device verified under its pinned root: a
+        # payee checks each payer's chain once, not at every payment.
         self._verified_chains: set[tuple[bytes, bytes]] = set()
 
     # --- views ----------------------------------------------------------------------------
@@ -139,15 +153,21 @@ class SecureElement:
         )
 
     def payments_made(self) -> tuple[dict[str, Any], ...]:
-        """The device's own payment envelopes, in counter order (uploaded when it syncs)."""
-        return tuple(_json_copy(envelope) for envelope in self._made)
+        """The device's own payment envelopes the ledger has not acknowledged yet (counter
+        above ``synced_counter``), in counter order: what it uploads when it syncs. Older ones
+        were forgotten on the sync receipt that acknowledged them."""
+        return tuple(_json_copy(payment_envelope(*made)) for made in self._made)
 
     def payments_received(self) -> tuple[VerifiedPayment, ...]:
+        """The received payments the device holds, in the order received: those no sync
+        receipt has listed as settled yet (it uploads them when it syncs). A settled payment is
+        forgotten; only its payer's counter is remembered, against replays."""
         return tuple(self._received.values())
 
     def pending_received(self) -> tuple[VerifiedPayment, ...]:
-        """Received payments the ledger has not yet settled: not spendable onward."""
-        return tuple(p for h, p in self._received.items() if h not in self._settled)
+        """Received payments the ledger has not yet settled: not spendable onward (since
+        settled ones are forgotten, the same payments as :meth:`payments_received`)."""
+        return self.payments_received()
 
     def clone(self) -> SecureElement:
         """Test helper: what an attacker who extracted the secure element would hold (the same
@@ -317,7 +337,7 @@ class SecureElement:
         self._last_payment_hash = hashlib.sha256(signed).hexdigest()
         self._balance_fen -= amount_fen
         self._paid_fen_total += amount_fen
-        self._made.append(envelope)
+        self._made.append((plain, signature, certificate, operator_certificate))
         copied: dict[str, Any] = _json_copy(envelope)
         return copied
 
@@ -394,8 +414,9 @@ class SecureElement:
 
     def sync_done(self, envelope: Any) -> dict[str, Any]:
         """Apply an operator-signed sync receipt: payments through ``synced_counter`` are on
-        the ledger (resetting the payments-between-syncs count) and the received payments
-        listed in ``settled`` leave pending. Replaying a receipt changes nothing."""
+        the ledger (resetting the payments-between-syncs count) and forgotten; the received
+        payments listed in ``settled`` leave pending and are forgotten too. Replaying a receipt
+        changes nothing."""
         certificate, operator_certificate = self._chain()
         receipt = messages.verify_envelope(SYNC_RECEIPT, envelope, operator_certificate.public_key)
         expected = (self.ledger_id, certificate.operator_id, certificate.device_id)
@@ -407,7 +428,9 @@ class SecureElement:
                 f"device's {self._counter}"
             )
         self._synced_counter = max(self._synced_counter, receipt["synced_counter"])
-        self._settled.update(h for h in receipt["settled"] if h in self._received)
+        self._made = [made for made in self._made if made[0]["counter"] > self._synced_counter]
+        for payment_hash in receipt["settled"]:
+            self._received.pop(payment_hash, None)
         return receipt
 
     # --- internals -------------------------------------------------------------------------

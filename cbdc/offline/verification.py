@@ -123,10 +123,12 @@ def authenticate_offline_payment(
 ) -> VerifiedPayment:
     """Prove the payment comes from a certified device, independent of time and revocation.
 
-    ``verified_chains`` (optional, owned by the caller) remembers the chains (signed bytes and
-    signature of both certificates) already verified under ``root_public_key``, so a batch of
-    payments from one device checks its chain once; and each operator certificate verified
-    (with empty device bytes), so the root's signature on it is checked once too.
+    ``verified_chains`` (optional, owned by the caller) remembers the chains already verified
+    under ``root_public_key`` (the sha256 digests of both certificates' signed bytes and
+    signature: a payee device remembers every payer's chain it met, so it keeps 64 bytes a
+    chain, not the certificates), so a batch of payments from one device checks its chain once;
+    and each operator certificate verified (with an empty device digest), so the root's
+    signature on it is checked once too.
 
     Order: (1) shape of the envelope, payment and certificates (``envelope_invalid``, then
     the field codes of cbdc.domain.messages);
@@ -142,9 +144,10 @@ def authenticate_offline_payment(
     certificate = DeviceCertificate.from_envelope(envelope["certificate"])
     operator_certificate = OperatorCertificate.from_envelope(envelope["operator_certificate"])
     chain = (
-        signing.signed_bytes(CERTIFICATE, certificate.message) + certificate.signature,
-        signing.signed_bytes(CERTIFICATE, operator_certificate.message)
-        + operator_certificate.signature,
+        hashlib.sha256(signing.signed_bytes(CERTIFICATE, certificate.message)
+                       + certificate.signature).digest(),
+        hashlib.sha256(signing.signed_bytes(CERTIFICATE, operator_certificate.message)
+                       + operator_certificate.signature).digest(),
     )
     if verified_chains is None or chain not in verified_chains:
         operator_only = (b"", chain[1])  # the operator's certificate verified on its own

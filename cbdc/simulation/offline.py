@@ -30,7 +30,7 @@ import heapq
 import random
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import nacl.signing
 
@@ -47,6 +47,8 @@ if TYPE_CHECKING:
 TICK = timedelta(microseconds=1)
 #: Upload outcomes that pay the payee.
 SETTLED = ("settled", "operator_paid")
+#: Envelopes in one batch of uploads (as many as the API takes in one upload).
+UPLOAD_ENVELOPES_MAX = 1_000
 #: Rounds of an hour's close after which a slot still waiting is refused (a card that cannot
 #: be made to pay: its loads refused, say), so an hour always ends.
 ROUNDS_MAX = 8
@@ -97,7 +99,6 @@ class OfflineDesk:
         self.devices: dict[str, SecureElement] = {}
         self.owner: dict[str, int] = {}
         self.paid: dict[str, _Paid] = {}
-        self.made: dict[SecureElement, list[dict[str, Any]]] = {}  # by card: not yet synced
         self.clones: list[str] = []
         self.now = driver.start
 
@@ -220,7 +221,7 @@ class OfflineDesk:
         twin = card.clone()
         try:
             self._spend(card, slot.payer, slot.merchant, amount, "cloned_card")
-            self._spend(twin, slot.payer, slot.second, amount, "cloned_card", own=False)
+            self._spend(twin, slot.payer, slot.second, amount, "cloned_card")
         except CbdcError as error:  # a till that already knows the card is revoked
             driver.metrics.cheat_rejections[error.code] += 1
             driver.metrics.injections.record("cloned_card", device_id, "refused", error.code)
@@ -246,16 +247,14 @@ class OfflineDesk:
             driver.metrics.rejected(driver.hour, code)
 
     def _spend(self, card: SecureElement, payer: int, merchant: int, amount_fen: int,
-               kind: str = "offline", *, own: bool = True) -> None:
-        """The card pays the merchant's till; ``own``: the holder's card (not a clone's twin),
-        which keeps the payment to upload when it next syncs."""
+               kind: str = "offline") -> None:
+        """The card (or a clone's twin) pays the merchant's till; the card keeps the payment
+        to upload when it next syncs."""
         population = self.driver.population
         till = self.tills[merchant]
         self._tick()
         envelope = card.pay(_device_id(till), population.wallet_id(merchant), amount_fen,
                             self.now)
-        if own:
-            self.made.setdefault(card, []).append(envelope)
         self.paid[message_hash(OFFLINE_PAYMENT, envelope["message"])] = _Paid(
             kind, self.now, payer, merchant, amount_fen)
         till.receive(envelope, self.now)  # a refusal here leaves it to the card's own upload
@@ -352,16 +351,30 @@ class OfflineDesk:
 
     def _upload(self, elements: list[SecureElement], online: _Online | None = None) -> None:
         """The devices go online together: each uploads what it holds for the ledger (a card
-        its payments since its last sync, a till what it received and is still pending)."""
-        uploads: list[tuple[SecureElement, Upload]] = []
+        its payments since its last sync, a till what it received and is still pending).
+        Their uploads go in batches of about :data:`UPLOAD_ENVELOPES_MAX` envelopes, at one
+        moment: a batch answers as one-by-one uploads would, so the ledger ends the same as
+        with one batch, and only one batch's envelopes are in memory at a time."""
+        batch: list[tuple[SecureElement, Upload]] = []
+        held = 0
+        ticked = False
         for element in elements:
-            envelopes = [*self.made.get(element, ()),
+            envelopes = [*element.payments_made(),
                          *(payment.to_envelope() for payment in element.pending_received())]
-            if envelopes:
-                uploads.append((element, Upload(_device_id(element), envelopes)))
-        if not uploads:
-            return
-        self._tick()
+            if not envelopes:
+                continue
+            batch.append((element, Upload(_device_id(element), envelopes)))
+            held += len(envelopes)
+            if held >= UPLOAD_ENVELOPES_MAX:
+                ticked = self._upload_batch(batch, online, ticked)
+                batch, held = [], 0
+        if batch:
+            self._upload_batch(batch, online, ticked)
+
+    def _upload_batch(self, uploads: list[tuple[SecureElement, Upload]],
+                      online: _Online | None, ticked: bool) -> bool:
+        if not ticked:
+            self._tick()
         reports = self.port.upload_offline([upload for _, upload in uploads])
         for (element, _), report in zip(uploads, reports, strict=True):
             if isinstance(report, CbdcError):
@@ -370,13 +383,10 @@ class OfflineDesk:
                     online.refused[owner] = report.code
                 continue
             self._synced(element, report)
+        return True
 
     def _synced(self, element: SecureElement, report: UploadReport) -> None:
-        element.sync_done(report.sync_receipt)
-        if element in self.made:
-            synced = element.state().synced_counter
-            self.made[element] = [envelope for envelope in self.made[element]
-                                  if envelope["message"]["counter"] > synced]
+        element.sync_done(report.sync_receipt)  # the device forgets what the ledger holds
         if report.revocation_list is not None:
             element.install_revocation_list(report.revocation_list)
         for outcome in report.outcomes:
@@ -387,7 +397,6 @@ class OfflineDesk:
             card = self.cards.get(person)
             if card is not None and _device_id(card) == device_id:
                 del self.cards[person]  # its holder gets a new card when next paying offline
-                self.made.pop(card, None)
 
     def _settled(self, paid: _Paid, status: str) -> None:
         driver = self.driver

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from datetime import timedelta
 
 import pytest
@@ -16,7 +17,8 @@ from cbdc.domain.errors import (
     SyncRefused,
 )
 from cbdc.domain.money import yuan
-from cbdc.offline import DEFAULT_OFFLINE_CAPS, OfflineCaps, offline_caps_for
+from cbdc.offline import DEFAULT_OFFLINE_CAPS, OfflineCaps, SecureElement, offline_caps_for
+from cbdc.offline.messages import OFFLINE_PAYMENT, message_hash
 from tests.unit.offline.world import T0, World
 
 
@@ -165,6 +167,76 @@ def test_sync_receipts_that_do_not_fit_are_refused() -> None:
         card.sync_done(forged)
 
 
+def _sync(world: World, element: SecureElement, synced_counter: int,
+          settled: set[str]) -> None:
+    element.sync_done(world.operator().sign_sync_receipt(
+        sync_id=f"sync-{element.device_id}-{world.tick():%Y%m%d%H%M}",
+        device_id=element.device_id, synced_counter=synced_counter, settled=settled,
+        created_at=world.now,
+    ))
+
+
+def test_a_sync_receipt_makes_the_card_forget_the_payments_the_ledger_holds() -> None:
+    world = World()
+    card = world.device("card")
+    world.load(card, yuan(500))
+    made = [card.pay("shop", "w-shop", yuan(10), world.tick()) for _ in range(4)]
+    assert list(card.payments_made()) == made
+
+    # The ledger holds counters 1-2 only (3 was lost in transit): the card keeps 3 and 4.
+    _sync(world, card, 2, set())
+    assert list(card.payments_made()) == made[2:]
+    assert card.state().payments_since_sync == 2
+    _sync(world, card, 4, set())
+    assert card.payments_made() == ()
+
+    # What it forgot changes nothing it still knows: it pays on from counter 5, chained.
+    following = card.pay("shop", "w-shop", yuan(10), world.tick())
+    assert following["message"]["counter"] == 5
+    assert following["message"]["prev_hash"] == message_hash(OFFLINE_PAYMENT, made[-1]["message"])
+    assert card.payments_made() == (following,)
+    assert card.state().paid_fen_total == yuan(50) and card.state().balance_fen == yuan(450)
+
+
+def test_a_till_forgets_what_the_ledger_settled_and_still_refuses_its_replay() -> None:
+    world = World()
+    card = world.device("card")
+    till = world.device("till")
+    world.load(card, yuan(500))
+    first, second = (card.pay("till", "w-till", yuan(amount), world.tick())
+                     for amount in (30, 70))
+    paid = [till.receive(envelope, world.tick()) for envelope in (first, second)]
+    assert till.state().pending_fen == yuan(100)
+
+    # The ledger settled the first only: the till holds (and will upload again) the second.
+    _sync(world, till, 0, {paid[0].payment_hash})
+    assert till.payments_received() == till.pending_received() == (paid[1],)
+    assert till.state().pending_fen == yuan(70)
+
+    _sync(world, till, 0, {paid[1].payment_hash})
+    assert till.payments_received() == () and till.state().pending_fen == 0
+    for envelope in (first, second):  # forgotten, yet a replay is still recognised
+        with pytest.raises(OfflineRefused) as caught:
+            till.receive(envelope, world.tick())
+        assert caught.value.code == "offline_counter_replayed"
+    assert till.payments_received() == ()
+
+
+def test_what_a_device_holds_does_not_grow_with_the_payments_it_syncs() -> None:
+    world = World()
+    card = world.device("card", caps=OfflineCaps(yuan(500), yuan(500), 3))
+    till = world.device("till")
+    for _ in range(40):  # 120 payments, three between syncs
+        world.load(card, yuan(3))
+        for _ in range(3):
+            till.receive(card.pay("till", "w-till", yuan(1), world.tick()), world.tick())
+        assert len(card.payments_made()) == len(till.payments_received()) == 3
+        _sync(world, card, card.state().counter, set())
+        _sync(world, till, 0, {payment.payment_hash for payment in till.payments_received()})
+        assert card.payments_made() == () and till.payments_received() == ()
+    assert card.state().counter == 120 and card.state().paid_fen_total == yuan(120)
+
+
 def test_revocation_lists_only_move_forward() -> None:
     world = World()
     card = world.device("card")
@@ -184,6 +256,25 @@ def test_revocation_lists_only_move_forward() -> None:
     altered["message"]["revoked"] = []
     with pytest.raises(InvalidSignature):
         card.install_revocation_list(altered)
+
+
+def test_devices_handed_the_same_revocation_list_share_one_verified_copy() -> None:
+    world = World()
+    card, till = world.device("card"), world.device("till")
+    envelope = world.revoke(1, "dev-x", "dev-y")
+    snapshot = card.install_revocation_list(envelope)
+    # Each device is handed its own copy over the wire; one snapshot serves them all.
+    assert till.install_revocation_list(copy.deepcopy(envelope)) is snapshot
+    assert snapshot.revoked == {"dev-x", "dev-y"}
+
+    # Changing the list after it was verified changes neither the shared snapshot nor what a
+    # device accepts: the altered list is verified in full, and its signature fails.
+    envelope["message"]["revoked"].remove("dev-y")
+    assert snapshot.revoked == {"dev-x", "dev-y"}
+    assert snapshot.envelope is not None and snapshot.envelope["message"]["revoked"] == [
+        "dev-x", "dev-y"]
+    with pytest.raises(InvalidSignature):
+        world.device("kiosk").install_revocation_list(envelope)
 
 
 def test_a_revoked_device_refuses_to_pay() -> None:

@@ -4,7 +4,9 @@ The model is the ledger's view: every payment some payee accepted offline is col
 device, as the settlement service will collect them from uploads. After every step:
 - no device (genuine or clone) has a negative balance or one above its certificate's cap;
 - a genuine device's balance is exactly loaded - paid - unloaded;
-- the genuine device's own payments are never accused, and sum to at most what was loaded;
+- the genuine device's own payments (as the ledger collects them from its uploads: the device
+  itself forgets them once a sync receipt acknowledges them) are never accused, and sum to at
+  most what was loaded; the device holds exactly those above its synced counter;
 - over everything collected, the payments the ledger would treat as honest fit in the escrow,
   every counter accepted twice with different content is named a double spend, and a device
   that was never cloned has no findings at all.
@@ -46,6 +48,7 @@ class OfflineMachine(RuleBasedStateMachine):
         }
         self.clones: list[tuple[str, SecureElement]] = []
         self.collected: dict[str, list[dict[str, Any]]] = {name: [] for name in DEVICES}
+        self.made: dict[str, list[dict[str, Any]]] = {name: [] for name in DEVICES}
         self.cloned: set[str] = set()
 
     # --- rules -----------------------------------------------------------------------------
@@ -101,6 +104,8 @@ class OfflineMachine(RuleBasedStateMachine):
         )
         device.sync_done(receipt)
         assert device.pending_received() == () and device.state().payments_since_sync == 0
+        # What the ledger now holds is forgotten: the device's storage does not grow.
+        assert device.payments_made() == () and device.payments_received() == ()
 
     @rule(minutes=st.integers(1, 600))
     def time_passes(self, minutes: int) -> None:
@@ -118,6 +123,8 @@ class OfflineMachine(RuleBasedStateMachine):
         after = payer.state()
         assert after.balance_fen == before.balance_fen - amount_fen
         assert after.counter == before.counter + 1
+        if payer is self.devices[origin]:
+            self.made[origin].append(envelope)
         try:
             self.devices[payee].receive(envelope, self.world.now)
         except CbdcError as refusal:
@@ -146,9 +153,13 @@ class OfflineMachine(RuleBasedStateMachine):
             assert state.balance_fen == (
                 state.loaded_fen_total - state.paid_fen_total - state.unloaded_fen_total
             )
-            verdict = self.world.classify(name, list(device.payments_made()))
+            verdict = self.world.classify(name, self.made[name])
             assert verdict.findings == ()
             assert verdict.honest_paid_fen == state.paid_fen_total <= state.loaded_fen_total
+            assert list(device.payments_made()) == [
+                envelope for envelope in self.made[name]
+                if envelope["message"]["counter"] > state.synced_counter
+            ]
 
     @invariant()
     def the_ledger_names_every_clone_double_spend(self) -> None:
