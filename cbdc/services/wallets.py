@@ -442,7 +442,7 @@ def change_class(
 ) -> Wallet:
     """Upgrade or downgrade a wallet. New ``evidence`` replaces what the operator holds (it must
     be for the same phone); without it, the evidence on record must support the class.
-    Sub-wallets follow their parent's class and cannot change on their own."""
+    Open sub-wallets follow their parent's class and cannot change on their own."""
     target = context.wallet_classes.get(wallet_class)
     if evidence is not None:
         evidence = evidence.normalised()
@@ -479,10 +479,11 @@ def change_class(
             )
         )
         if subs:
+            # Only the open ones: a closed sub-wallet's record is final.
             connection.execute(
-                update(wallets).where(wallets.c.parent_id == row.id).values(
-                    wallet_class=wallet_class
-                )
+                update(wallets)
+                .where(wallets.c.id.in_([sub.id for sub in subs.values()]))
+                .values(wallet_class=wallet_class)
             )
         return _as_wallet(context, load_wallet(connection, wallet_id))
 

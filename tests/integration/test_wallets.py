@@ -230,6 +230,20 @@ def test_a_downgrade_counts_the_sub_wallets_too(ledger: LedgerContext, bank: str
     assert (till.wallet_class, till.limits.balance_fen_max) == (3, yuan(20_000))
 
 
+
+def test_a_closed_sub_wallet_keeps_its_class(ledger: LedgerContext, bank: str) -> None:
+    """Closed is final: the shop's later downgrade moves its open till, not the closed one."""
+    new_wallet(ledger, "w-shop", 2, holder_kind="corporate")
+    caps = Limits(yuan(2_000), yuan(500), yuan(1_000), None)
+    wallets.authorise_sub_wallet(ledger, "w-shop", "w-till-1", caps)
+    wallets.authorise_sub_wallet(ledger, "w-shop", "w-till-2", caps)
+    wallets.close_sub_wallet(ledger, "sweep-1", "w-shop", "w-till-1")
+    wallets.change_class(ledger, "w-shop", 3)
+    assert wallets.get_wallet(ledger, "w-till-2").wallet_class == 3
+    closed = wallets.get_wallet(ledger, "w-till-1")
+    assert (closed.status, closed.wallet_class) == ("closed", 2)
+
+
 SMALL_ORDER_KEY = "01" + "00" * 31  # the identity point
 NON_CANONICAL_KEY = "ee" + "ff" * 30 + "7f"  # p + 1: encodes 1 non-canonically
 
