@@ -1,18 +1,21 @@
 """Wallets, tiers, keys, signed payments and merchant flows against a plain in-memory model, on
 SQLite and on PostgreSQL.
 
-A Hypothesis state machine opens wallets of classes 1-4 at three operators (one of them a small
-bank whose float cannot fund every reverse waterfall), some of them merchants, some with a linked
-bank account and the reverse waterfall on; upgrades and downgrades them; enrols and revokes keys;
-tops up and withdraws; moves the clock (across Shanghai midnight and new year now and then); and
-sends signed payments of every kind: valid, over the single/daily/annual caps, over the payee's
-balance cap (swept or refused), short of funds (topped up or refused), by revoked, foreign or
-unknown keys, replayed as they were, replayed under a fresh id with a used sequence, forged with
-another key or altered after signing; payment requests paid once or too late; payment codes
-captured once within their expiry and maximum; refunds, partial and total, never above the
-original, refused when the merchant lacks the money; and small batches through
-``settle_payments`` (fresh payments, repeats, used sequences, forgeries, two payers racing for one
-payment request), each answer compared with what one-by-one settlement would have answered.
+A Hypothesis state machine opens wallets of classes 1-4 at three operators (one of them a small bank
+whose float cannot fund every reverse waterfall), some of them merchants, some with a linked bank
+account and the reverse waterfall on; upgrades and downgrades them; authorises sub-wallets (caps at
+most the parent's, no nesting) that get keys, money and pay like any wallet, and closes them,
+sweeping what they hold back to the parent; closes wallets (only empty ones with no open
+sub-wallets; closed is final); enrols and revokes keys; tops up and withdraws; moves the clock
+(across Shanghai midnight and new year now and then); and sends signed payments of every kind:
+valid, over the single/daily/annual caps, over the payee's balance cap (swept or refused), short of
+funds (topped up or refused), by revoked, foreign or unknown keys, replayed as they were, replayed
+under a fresh id with a used sequence, forged with another key or altered after signing; payment
+requests paid once or too late; payment codes captured once within their expiry and maximum;
+refunds, partial and total, never above the original, refused when the merchant lacks the money; and
+small batches through ``settle_payments`` (fresh payments, repeats, used sequences, forgeries, two
+payers racing for one payment request), each answer compared with what one-by-one settlement would
+have answered.
 
 The model predicts every outcome (the exact error code, in the services' documented order of
 checks; or the exact plan: what is topped up and swept, and the journal sequence of the entry). It
@@ -69,7 +72,7 @@ from cbdc.clock import ManualClock
 from cbdc.domain import signing
 from cbdc.domain.errors import CbdcError
 from cbdc.domain.messages import format_time, parse_time
-from cbdc.domain.tiers import Limits, WalletClasses
+from cbdc.domain.tiers import NO_LIMITS, Limits, WalletClasses
 from cbdc.services import issuance, keys, merchants, wallets
 from cbdc.services.audit import run_audit
 from cbdc.services.context import LedgerContext, float_account_code, open_ledger
@@ -147,6 +150,8 @@ class Plan:
 
 
 Outcome = Refusal | Replay | Plan
+#: A repeat whose answer is the thing as it is now: checked by the rule, not compared as a whole.
+UNCHANGED = object()
 
 
 @dataclass
@@ -164,15 +169,19 @@ class WalletState:
     status: str = "active"
     balance_fen: int = 0
     spent: dict[date, int] = field(default_factory=dict)
+    #: A sub-wallet's parent and own caps (it takes the parent's operator, class and holder).
+    parent: str | None = None
+    caps: Limits = NO_LIMITS
 
     @property
     def limits(self) -> Limits:
-        return LIMITS[self.wallet_class]
+        return LIMITS[self.wallet_class].tightened(self.caps)
 
     @property
     def linked(self) -> bool:
-        """Classes 1-2 link the bank account the operator holds evidence of."""
-        return self.wallet_class <= 2 and self.evidence_class <= 2
+        """Classes 1-2 link the bank account the operator holds evidence of; a sub-wallet has
+        no bank account of its own."""
+        return self.parent is None and self.wallet_class <= 2 and self.evidence_class <= 2
 
     def spent_day(self, now: datetime) -> int:
         return self.spent.get(shanghai_day(now), 0)
@@ -394,27 +403,85 @@ class Model:
             return Refusal("insufficient_funds", "the float cannot fund the top-up")
         return Plan()
 
+    def open_sub_wallets(self, wallet_id: str) -> list[WalletState]:
+        return [w for w in self.wallets.values()
+                if w.parent == wallet_id and w.status != "closed"]
+
     def predict_class_change(self, wallet_id: str, target: int, evidence_class: int | None,
                              same_phone: bool, reverse_waterfall: bool | None,
                              now: datetime) -> Outcome:
+        """The parent's evidence; then its caps and each open sub-wallet's (its own caps
+        within the new class's) against what each holds and has spent."""
         wallet = self.wallets[wallet_id]
+        if wallet.parent is not None:
+            return Refusal("sub_wallet_class_fixed")
+        if wallet.status == "closed":
+            return Refusal("wallet_closed")
         if not same_phone:
             return Refusal("identity_evidence_mismatch")
         held = wallet.evidence_class if evidence_class is None else evidence_class
         if held > target:
             return Refusal("identity_evidence_missing")
-        caps = LIMITS[target]
-        if caps.balance_fen_max is not None and wallet.balance_fen > caps.balance_fen_max:
-            return Refusal("class_change_refused")
-        day_cap, year_cap = caps.daily_outgoing_fen_max, caps.annual_outgoing_fen_max
-        if day_cap is not None and wallet.spent_day(now) > day_cap:
-            return Refusal("class_change_refused")
-        if year_cap is not None and wallet.spent_year(now) > year_cap:
-            return Refusal("class_change_refused")
+        for each in (wallet, *self.open_sub_wallets(wallet_id)):
+            caps = LIMITS[target].tightened(each.caps)
+            if caps.balance_fen_max is not None and each.balance_fen > caps.balance_fen_max:
+                return Refusal("class_change_refused")
+            day_cap, year_cap = caps.daily_outgoing_fen_max, caps.annual_outgoing_fen_max
+            if day_cap is not None and each.spent_day(now) > day_cap:
+                return Refusal("class_change_refused")
+            if year_cap is not None and each.spent_year(now) > year_cap:
+                return Refusal("class_change_refused")
         waterfall = wallet.reverse_waterfall if reverse_waterfall is None else reverse_waterfall
         if waterfall and not (target <= 2 and held <= 2):
             return Refusal("reverse_waterfall_unavailable")
         return Plan()
+
+    def predict_close(self, wallet_id: str) -> Outcome:
+        """Closed is final (a repeat answers the wallet as it is); else empty, no open
+        sub-wallets."""
+        wallet = self.wallets[wallet_id]
+        if wallet.status == "closed":
+            return Replay(UNCHANGED)
+        if self.open_sub_wallets(wallet_id):
+            return Refusal("wallet_has_sub_wallets")
+        if wallet.balance_fen:
+            return Refusal("wallet_not_empty")
+        return Plan()
+
+    def predict_sub_wallet(self, parent_id: str, sub_id: str, caps: Limits) -> Outcome:
+        """A repeat (same parent and caps) answers the sub-wallet as it is; then the parent
+        must be active and no sub-wallet itself; each cap at most the parent's."""
+        existing = self.wallets.get(sub_id)
+        if existing is not None:
+            if (existing.parent, existing.caps) != (parent_id, caps):
+                return Refusal("wallet_exists")
+            return Replay(UNCHANGED)
+        refusal = self.inactive(parent_id)
+        if refusal is not None:
+            return refusal
+        parent = self.wallets[parent_id]
+        if parent.parent is not None:
+            return Refusal("sub_wallet_nesting")
+        for name in ("balance_fen_max", "payment_fen_max", "daily_outgoing_fen_max",
+                     "annual_outgoing_fen_max"):
+            parent_cap, cap = getattr(parent.limits, name), getattr(caps, name)
+            if parent_cap is not None and (cap is None or cap > parent_cap):
+                return Refusal("sub_wallet_caps_invalid")
+        return Plan()
+
+    def predict_sub_wallet_close(self, parent_id: str, sub_id: str, now: datetime) -> Outcome:
+        """The parent takes back what the sub-wallet holds (no spending: only its own balance
+        cap counts, swept to the bank if linked); a frozen sub-wallet can be closed, a frozen
+        parent cannot take the money."""
+        sub = self.wallets[sub_id]
+        if sub.parent != parent_id:
+            return Refusal("not_a_sub_wallet")
+        if sub.status == "closed":
+            return Replay(UNCHANGED)
+        if not sub.balance_fen:
+            return Plan()
+        plan = self.plan(sub_id, parent_id, sub.balance_fen, now, spending=False)
+        return plan if isinstance(plan, Refusal) else self.inactive(parent_id) or plan
 
     # -- effects ------------------------------------------------------------------------------
 
@@ -526,6 +593,8 @@ class WalletMachine(RuleBasedStateMachine):
         self.numbers = itertools.count(1)
         #: Everything sent to the ledger, to send again: (kind, envelopes).
         self.sent: list[tuple[str, tuple[Envelope, ...]]] = []
+        #: Sub-wallets closed by their parent: the sweep's entry id and journal sequence.
+        self.sweeps: dict[str, tuple[str, int | None]] = {}
         self.stranger = KeyState(WalletKey.derive(ROOT_SEED, "stranger"), None, "unenrolled")
         self.model.keys[self.stranger.public_key] = self.stranger
         for code, float_fen in OPERATOR_FLOATS.items():
@@ -580,7 +649,9 @@ class WalletMachine(RuleBasedStateMachine):
             return None
         assert not isinstance(expected, Refusal), f"accepted; the model: {expected}: {result}"
         if isinstance(expected, Replay):
-            assert result == expected.first, f"{result} is not the first answer"
+            assert expected.first is UNCHANGED or result == expected.first, (
+                f"{result} is not the first answer"
+            )
             assert snapshot(self.ledger) == before, "a repeat changed the ledger"
         return result
 
@@ -728,13 +799,14 @@ class WalletMachine(RuleBasedStateMachine):
             return
         self.open_wallet(wallet_class, operator, merchant, reverse_waterfall)
         if len(self.model.wallets) > count:
-            self.enrol_key(count, new=True, key_pick=0)
+            self.enrol_key(sorted(self.model.wallets).index(f"w-{count}"), new=True, key_pick=0)
 
     def open_again(self, pick: int, same_holder: bool) -> None:
         """The same id again: for the same holder, the wallet as it is now; else a conflict."""
         state = self.model.wallets[self.wallet(pick)]
         phone = state.phone if same_holder else phone_of(99)
-        expected = Plan() if same_holder else Refusal("wallet_exists")
+        # A sub-wallet has no holder evidence of its own: it is never opened again.
+        expected = Plan() if same_holder and state.parent is None else Refusal("wallet_exists")
         before = snapshot(self.ledger)
         again = self.run(expected, lambda: wallets.open_wallet(
             self.ledger, state.wallet_id, operator_code=state.operator,
@@ -776,6 +848,8 @@ class WalletMachine(RuleBasedStateMachine):
         ))
         if changed is None:
             return
+        for sub in self.model.open_sub_wallets(state.wallet_id):
+            sub.wallet_class = to_class
         state.wallet_class = to_class
         if given is not None:
             state.evidence_class = given
@@ -790,9 +864,145 @@ class WalletMachine(RuleBasedStateMachine):
     def freeze_or_unfreeze(self, pick: int, frozen: bool) -> None:
         state = self.model.wallets[self.wallet(pick)]
         action = wallets.freeze if frozen else wallets.unfreeze
-        result = self.run(Plan(), lambda: action(self.ledger, state.wallet_id))
+        expected = Refusal("wallet_closed") if state.status == "closed" else Plan()
+        result = self.run(expected, lambda: action(self.ledger, state.wallet_id))
+        if result is None:
+            return
         state.status = "frozen" if frozen else "active"
         assert result.status == state.status
+
+    # -- rules: closing and sub-wallets -------------------------------------------------------
+
+    @rule(pick=picks, empty_first=rarely, a_parent=rarely)
+    def close_wallet(self, pick: int, empty_first: bool, a_parent: bool) -> None:
+        """A holder closes a wallet (now and then one with sub-wallets), now and then after
+        withdrawing what it holds: refused while it holds money or has open sub-wallets; closed
+        for good (again: the wallet as it is)."""
+        parents = sorted({w.parent for w in self.model.wallets.values()
+                          if w.parent and w.status != "closed"})
+        wallet_id = parents[pick % len(parents)] if a_parent and parents else self.wallet(pick)
+        state = self.model.wallets[wallet_id]
+        if empty_first and state.balance_fen and state.status == "active":
+            self.move_funds(self.fresh("f"), "withdrawal", state.wallet_id, state.balance_fen)
+        expected = self.model.predict_close(state.wallet_id)
+        closed = self.run(expected, lambda: wallets.close_wallet(self.ledger, state.wallet_id),
+                          "close")
+        if closed is None:
+            return
+        state.status = "closed"
+        assert (closed.wallet_id, closed.status, closed.balance_fen) == (
+            state.wallet_id, "closed", 0
+        )
+
+    @rule(pick=picks, caps=st.lists(st.sampled_from(["same", "lower", "lower"]), min_size=4,
+                                    max_size=4),
+          loose=st.sampled_from([None, None, None, "none", "over"]), loose_pick=picks,
+          share=shares, again=rarely, same=st.booleans(), nested=rarely)
+    def authorise_sub_wallet(self, pick: int, caps: list[str], loose: str | None,
+                             loose_pick: int, share: int, again: bool, same: bool,
+                             nested: bool) -> None:
+        """A parent authorises a sub-wallet (a till) with caps each the parent's or lower, now
+        and then one of them none or one fen over; it gets a key and some money. Or a
+        sub-wallet id again: the same parent and caps answer it as it is, anything else is
+        ``wallet_exists``."""
+        subs = sorted(w for w, state in self.model.wallets.items() if state.parent)
+        if (again or len(self.model.wallets) >= WALLETS_MAX + 3) and subs:
+            sub = self.model.wallets[subs[pick % len(subs)]]
+            assert sub.parent is not None
+            parent_id = sub.parent if same or share % 2 else self.wallet(pick + 1)
+            limits = sub.caps if same else replace(sub.caps, balance_fen_max=share)
+            self.authorise(parent_id, sub.wallet_id, limits)
+            return
+        tops = sorted(w for w, state in self.model.wallets.items() if not state.parent)
+        parent = self.model.wallets[subs[pick % len(subs)] if nested and subs
+                                    else tops[pick % len(tops)]]
+        if loose is not None:
+            caps[loose_pick % len(caps)] = loose
+        limits = Limits(*(
+            sub_cap(getattr(parent.limits, name), how, share)
+            for name, how in zip(CAP_NAMES, caps, strict=True)
+        ))
+        sub_id = f"{parent.wallet_id}.s{next(self.numbers)}"
+        if self.authorise(parent.wallet_id, sub_id, limits):
+            self.enrol_key(sorted(self.model.wallets).index(sub_id), new=True, key_pick=0)
+            self.fund(sorted(self.model.wallets).index(sub_id), "top_up", "share", share,
+                      again=False)
+
+    def authorise(self, parent_id: str, sub_id: str, caps: Limits) -> bool:
+        """Whether a new sub-wallet was authorised."""
+        expected = self.model.predict_sub_wallet(parent_id, sub_id, caps)
+        sub = self.run(expected, lambda: wallets.authorise_sub_wallet(
+            self.ledger, parent_id, sub_id, caps), "sub-wallet")
+        if sub is None:
+            return False
+        parent = self.model.wallets[parent_id]
+        state = self.model.wallets.get(sub_id) or WalletState(
+            sub_id, parent.operator, parent.phone, parent.merchant, parent.wallet_class, False,
+            parent.wallet_class, parent.evidence_class, False, parent=parent_id, caps=caps,
+        )
+        assert (sub.parent_wallet_id, sub.caps, sub.limits, sub.wallet_class) == (
+            parent_id, caps, state.limits, state.wallet_class
+        )
+        assert (sub.status, sub.balance_fen, sub.bank_account_ref) == (
+            state.status, state.balance_fen, None
+        )
+        assert sub.operator_code == parent.operator
+        new = sub_id not in self.model.wallets
+        self.model.wallets[sub_id] = state
+        return new
+
+    @precondition(lambda self: any(w.parent for w in self.model.wallets.values()))
+    @rule(pick=picks, wrong_parent=rarely, again=rarely, fill_parent=rarely)
+    def close_sub_wallet(self, pick: int, wrong_parent: bool, again: bool,
+                         fill_parent: bool) -> None:
+        """The parent closes a sub-wallet (even a frozen one): what it holds goes back to the
+        parent in one entry (now and then one topped up to its cap first), swept on to the bank
+        above the parent's cap if linked, else refused. Again under
+        the same entry id: the sub-wallet as it is and that entry. Another wallet's sub-wallet:
+        ``not_a_sub_wallet``."""
+        closed = sorted(self.sweeps)
+        if again and closed:
+            sub_id = closed[pick % len(closed)]
+        else:
+            subs = sorted(w for w, state in self.model.wallets.items() if state.parent)
+            subs = [w for w in subs if self.model.wallets[w].status != "closed"] or subs
+            sub_id = subs[pick % len(subs)]
+        sub = self.model.wallets[sub_id]
+        assert sub.parent is not None
+        parent_id = sub.parent
+        parent = self.model.wallets[parent_id]
+        room = (parent.limits.balance_fen_max or 0) - parent.balance_fen
+        if fill_parent and room > 0 and parent.status == "active":
+            self.move_funds(self.fresh("f"), "top_up", parent_id, room)
+        if wrong_parent:
+            others = [w for w in sorted(self.model.wallets) if w not in (sub_id, sub.parent)]
+            parent_id = others[pick % len(others)]
+        entry_id = self.sweeps[sub_id][0] if sub_id in self.sweeps else self.fresh("sweep")
+        expected = self.model.predict_sub_wallet_close(parent_id, sub_id, self.now())
+        result = self.run(expected, lambda: wallets.close_sub_wallet(
+            self.ledger, entry_id, parent_id, sub_id), "close sub-wallet")
+        if result is None:
+            return
+        assert (result.wallet.wallet_id, result.wallet.status, result.wallet.balance_fen) == (
+            sub_id, "closed", 0
+        )
+        if isinstance(expected, Replay):
+            first = self.sweeps.get(sub_id, ("", None))[1]
+            assert (None if result.swept is None else result.swept.seq) == first, result.swept
+            return
+        assert isinstance(expected, Plan)
+        if sub.balance_fen:
+            assert result.swept is not None
+            assert (result.swept.seq, result.swept.kind) == (
+                self.model.last_seq + 1, "sub_wallet_sweep"
+            )
+            self.sweeps[sub_id] = (entry_id, result.swept.seq)
+            self.model.move(sub_id, parent_id, sub.balance_fen, expected, self.now(),
+                            spending=False)
+        else:
+            assert result.swept is None
+            self.sweeps[sub_id] = (entry_id, None)
+        sub.status = "closed"
 
     # -- rules: keys --------------------------------------------------------------------------
 
@@ -804,6 +1014,8 @@ class WalletMachine(RuleBasedStateMachine):
         if new or not enrolled:
             key = KeyState(WalletKey.derive(ROOT_SEED, self.fresh("key")), wallet_id)
             expected: Outcome = Plan()
+            if self.model.wallets[wallet_id].status == "closed":
+                expected = Refusal("wallet_closed")
         else:
             key = enrolled[key_pick % len(enrolled)]
             expected = Replay(None)
@@ -1275,10 +1487,11 @@ class WalletMachine(RuleBasedStateMachine):
                 state.balance_fen, state.wallet_class, state.status, state.reverse_waterfall
             ), wallet_id
             assert (row.bank_account_ref is not None) == state.linked, wallet_id
+            assert (row.parent_wallet_id, row.caps) == (state.parent, state.caps), wallet_id
             assert (usage.spent_day_fen, usage.spent_year_fen) == (
                 state.spent_day(now), state.spent_year(now)
             ), wallet_id
-            caps = LIMITS[row.wallet_class]
+            caps = state.limits
             assert 0 <= row.balance_fen <= capped(caps.balance_fen_max), wallet_id
             assert usage.spent_day_fen <= capped(caps.daily_outgoing_fen_max), wallet_id
             assert usage.spent_year_fen <= capped(caps.annual_outgoing_fen_max), wallet_id
@@ -1347,6 +1560,18 @@ def machine_settings() -> settings:
     """The profile's settings with twice its steps: money has to be topped up, spent towards a
     cap over a day or two and refunded before the interesting refusals can happen."""
     return settings(stateful_step_count=2 * settings.default.stateful_step_count)
+
+
+CAP_NAMES = ("balance_fen_max", "payment_fen_max", "daily_outgoing_fen_max",
+             "annual_outgoing_fen_max")
+
+
+def sub_cap(parent_cap: int | None, how: str, share: int) -> int | None:
+    """A sub-wallet's cap: the parent's, a share of it, none, or one fen over it."""
+    if parent_cap is None:
+        return None if how in ("same", "none") else share * 50
+    return {"same": parent_cap, "lower": max(1, parent_cap * share // 130), "none": None,
+            "over": parent_cap + 1}[how]
 
 
 def capped(cap: int | None) -> int:
