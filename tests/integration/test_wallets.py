@@ -230,7 +230,6 @@ def test_a_downgrade_counts_the_sub_wallets_too(ledger: LedgerContext, bank: str
     assert (till.wallet_class, till.limits.balance_fen_max) == (3, yuan(20_000))
 
 
-
 def test_a_closed_sub_wallet_keeps_its_class(ledger: LedgerContext, bank: str) -> None:
     """Closed is final: the shop's later downgrade moves its open till, not the closed one."""
     new_wallet(ledger, "w-shop", 2, holder_kind="corporate")
