@@ -30,7 +30,6 @@ device share steps 2-4 (see its docstring).
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing
 from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -320,7 +319,7 @@ def _record_group(
     known = known_payments(connection, [r.payment_hash for _, results in group for r in results
                                         if isinstance(r, Authenticated)])
     rows: dict[str, dict[str, Any]] = {}
-    certificates = {device.device_id: json.loads(device.certificate_json)["signature"]
+    certificates = {device.device_id: issued_certificate(device.certificate_json)[0]["signature"]
                     for device in devices.values()}
     for position, (uploader_id, results) in enumerate(group):
         uploader = devices.get(uploader_id)

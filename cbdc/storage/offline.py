@@ -259,29 +259,26 @@ def _payment_messages(
 
 def known_payments(connection: Connection, payment_hashes: Sequence[str]) -> dict[str, str]:
     """Status of each already-stored payment among ``payment_hashes``."""
-    if not payment_hashes:
-        return {}
-    found: dict[str, str] = {}
-    hashes = sorted(set(payment_hashes))
-    for start in range(0, len(hashes), 900):  # SQLite's bound-parameter limit
-        rows = connection.execute(
-            select(offline_payments.c.payment_hash, offline_payments.c.status)
-            .where(offline_payments.c.payment_hash.in_(hashes[start:start + 900]))
-        )
-        found.update({row.payment_hash: row.status for row in rows})
-    return found
+    return _by_payment_hash(connection, offline_payments.c.status, payment_hashes)
 
 
 def stored_signatures(connection: Connection, payment_hashes: Sequence[str]) -> dict[str, str]:
     """The signature (hex) stored with each already-stored payment among ``payment_hashes``."""
-    found: dict[str, str] = {}
+    return _by_payment_hash(connection, offline_payments.c.signature, payment_hashes)
+
+
+def _by_payment_hash(
+    connection: Connection, column: Any, payment_hashes: Sequence[str]
+) -> dict[str, Any]:
+    """``column`` of each stored payment among ``payment_hashes``, by payment hash."""
+    found: dict[str, Any] = {}
     hashes = sorted(set(payment_hashes))
     for start in range(0, len(hashes), 900):  # SQLite's bound-parameter limit
         rows = connection.execute(
-            select(offline_payments.c.payment_hash, offline_payments.c.signature)
+            select(offline_payments.c.payment_hash, column)
             .where(offline_payments.c.payment_hash.in_(hashes[start:start + 900]))
         )
-        found.update({row.payment_hash: row.signature for row in rows})
+        found.update({payment_hash: value for payment_hash, value in rows})
     return found
 
 
