@@ -48,8 +48,8 @@ from cbdc.services.context import LedgerContext
 from cbdc.services.offline_keys import operator_authority, root_authority, root_public_key
 from cbdc.services.offline_settlement import FraudCaseView, SettlementRun
 from cbdc.services.wallets import check_active, wallet_account_code
-from cbdc.storage.journal import PostedEntry, post_entries
-from cbdc.storage.offline import DeviceRow, as_utc, device_not_found, load_revocations
+from cbdc.storage.journal import PostedEntry, as_utc, post_entries
+from cbdc.storage.offline import DeviceRow, device_not_found, load_revocations
 from cbdc.storage.offline import load_device as load_device_row
 from cbdc.storage.offline import load_devices as load_device_rows
 from cbdc.storage.tables import (

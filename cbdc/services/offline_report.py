@@ -16,7 +16,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, select
 
 from cbdc.services.context import LedgerContext
-from cbdc.storage.offline import DeviceRow, all_devices, as_utc
+from cbdc.storage.journal import as_utc
+from cbdc.storage.offline import DeviceRow, all_devices
 from cbdc.storage.tables import (
     institutions,
     offline_devices,

@@ -156,7 +156,7 @@ def _resolve_repeats(
                 seq=row.seq,
                 entry_id=row.entry_id,
                 kind=row.kind,
-                created_at=_as_utc(row.created_at),
+                created_at=as_utc(row.created_at),
                 entry_hash=row.entry_hash,
                 replayed=True,
             )
@@ -212,14 +212,9 @@ def _append(
         connection, (p.account_id for _, draft in fresh for p in draft.postings)
     )
     balances = {account_id: state.balance_fen for account_id, state in states.items()}
-    created_at = _as_utc(now)
+    created_at = as_utc(now)
     timestamp = format_timestamp(created_at)
-    # SQLite keeps datetimes as text in SQLAlchemy's own format, which its reader parses back.
-    stored_at: datetime | str = (
-        created_at.strftime("%Y-%m-%d %H:%M:%S.%f")
-        if connection.dialect.name == "sqlite"
-        else created_at
-    )
+    stored_at = stored_time(connection, created_at)
     entry_rows: list[tuple[Any, ...]] = []
     posting_rows: list[tuple[int, int, int]] = []
     deltas: dict[int, int] = {}
@@ -305,7 +300,7 @@ def _overdraft(
     return None
 
 
-def _as_utc(moment: datetime) -> datetime:
+def as_utc(moment: datetime) -> datetime:
     """SQLite returns naive datetimes; every ledger time is UTC."""
     if moment.tzinfo is None:
         return moment.replace(tzinfo=UTC)
@@ -330,3 +325,11 @@ def recorded_entry(connection: Connection, draft: EntryDraft) -> PostedEntry | N
     if isinstance(first, CbdcError):
         raise first
     return first
+
+
+def stored_time(connection: Connection, moment: datetime) -> datetime | str:
+    """A time as the database keeps it: SQLite as text in SQLAlchemy's own format (which its
+    reader parses back), in UTC."""
+    if connection.dialect.name == "sqlite":
+        return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S.%f")
+    return moment

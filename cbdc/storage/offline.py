@@ -12,13 +12,14 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection, select
 
 from cbdc.domain.errors import NotFound
 from cbdc.offline import OfflineCaps, RevocationSnapshot
+from cbdc.storage.journal import as_utc
 from cbdc.storage.tables import (
     accounts,
     institutions,
@@ -71,17 +72,6 @@ class DeviceRow:
     def escrow_expected_fen(self) -> int:
         """What the escrow must hold by the device's totals: loaded - settled - unloaded."""
         return self.loaded_fen - self.settled_fen - self.unloaded_fen
-
-
-def as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def stored_time(connection: Connection, moment: datetime) -> datetime | str:
-    """SQLite keeps datetimes as text in SQLAlchemy's own format, which its reader parses."""
-    if connection.dialect.name == "sqlite":
-        return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S.%f")
-    return moment
 
 
 _DEVICE_COLUMNS = (

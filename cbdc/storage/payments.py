@@ -12,18 +12,21 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Connection
 
 from cbdc.domain.tiers import Usage
+from cbdc.storage.journal import as_utc, stored_time
 from cbdc.storage.wallets import driver_sql
 
 _FIND_PAYMENT = (
     "SELECT id, payment_id, kind, amount_fen, message_hash, entry_seq, topped_up_fen,"
     " swept_fen, receipt_json FROM payments WHERE payment_id = ?"
 )
+_FIND_PAYMENTS = _FIND_PAYMENT.replace("payment_id = ?", "payment_id IN ({marks})")
+_PAYMENT_ROW_IDS = "SELECT payment_id, id FROM payments WHERE payment_id IN ({marks})"
 _INSERT_PAYMENT = (
     "INSERT INTO payments (payment_id, kind, payer_wallet_id, payee_wallet_id, amount_fen,"
     " key_id, sequence, message_json, message_hash, signature, entry_seq, original_id,"
@@ -144,9 +147,7 @@ def find_payments(connection: Connection, payment_ids: Sequence[str]) -> dict[st
     """The recorded settlements among ``payment_ids``, by payment id (one query)."""
     if not payment_ids:
         return {}
-    marks = ", ".join("?" for _ in payment_ids)
-    sql = _FIND_PAYMENT.replace("payment_id = ?", f"payment_id IN ({marks})")
-    rows = connection.exec_driver_sql(driver_sql(connection, sql), tuple(payment_ids))
+    rows = _select_in(connection, _FIND_PAYMENTS, list(payment_ids))
     return {row.payment_id: PaymentRecord(*row) for row in rows}
 
 
@@ -158,11 +159,7 @@ def insert_payments(connection: Connection, new: Sequence[NewPayment]) -> dict[s
     connection.exec_driver_sql(
         driver_sql(connection, sql), [_values(connection, payment) for payment in new]
     )
-    marks = ", ".join("?" for _ in new)
-    sql = f"SELECT payment_id, id FROM payments WHERE payment_id IN ({marks})"
-    rows = connection.exec_driver_sql(
-        driver_sql(connection, sql), tuple(payment.payment_id for payment in new)
-    )
+    rows = _select_in(connection, _PAYMENT_ROW_IDS, [payment.payment_id for payment in new])
     return {row.payment_id: int(row.id) for row in rows}
 
 
@@ -203,7 +200,7 @@ def _values(connection: Connection, payment: NewPayment) -> tuple[Any, ...]:
         payment.payee_wallet_row_id, payment.amount_fen, payment.key_id, payment.sequence,
         payment.message_json, payment.message_hash, payment.signature, payment.entry_seq,
         payment.original_id, payment.topped_up_fen, payment.swept_fen, payment.receipt_json,
-        _stored_time(connection, payment.settled_at),
+        stored_time(connection, payment.settled_at),
     )
 
 
@@ -244,9 +241,9 @@ def insert_requests(connection: Connection, new: Sequence[NewRequest]) -> None:
     if new:
         connection.exec_driver_sql(driver_sql(connection, _INSERT_REQUEST), [
             (request.request_id, request.merchant_wallet_row_id, request.key_id,
-             request.amount_fen, request.reference, _stored_time(connection, request.expires_at),
+             request.amount_fen, request.reference, stored_time(connection, request.expires_at),
              request.message_hash, request.envelope_json,
-             _stored_time(connection, request.created_at))
+             stored_time(connection, request.created_at))
             for request in new
         ])
 
@@ -271,7 +268,7 @@ def insert_codes(connection: Connection, new: Sequence[NewCode]) -> None:
     if new:
         connection.exec_driver_sql(driver_sql(connection, _INSERT_CODE), [
             (code.code_id, code.payer_wallet_row_id, code.merchant_wallet_row_id, code.key_id,
-             code.max_amount_fen, _stored_time(connection, code.expires_at), code.message_json,
+             code.max_amount_fen, stored_time(connection, code.expires_at), code.message_json,
              code.message_hash, code.signature, code.captured_payment_row_id, code.captured_fen)
             for code in new
         ])
@@ -294,12 +291,4 @@ def _select_in(connection: Connection, sql: str, values: list[Any]) -> Any:
 
 def _loaded_time(value: datetime | str) -> datetime:
     """A stored time as an aware UTC datetime (SQLite hands back the text it keeps)."""
-    moment = value if isinstance(value, datetime) else datetime.fromisoformat(value)
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
-
-
-def _stored_time(connection: Connection, moment: datetime) -> datetime | str:
-    # SQLite keeps datetimes as text in SQLAlchemy's own format, which its reader parses back.
-    if connection.dialect.name == "sqlite":
-        return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
-    return moment
+    return as_utc(value if isinstance(value, datetime) else datetime.fromisoformat(value))
