@@ -17,17 +17,23 @@ from cbdc.simulation.scenario import default_scenario_text
 runner = CliRunner()
 
 
-def tiny_scenario(folder: Path) -> Path:
+def one_day_scenario(folder: Path, name: str, *, people: int, merchants: int,
+                     payments: int) -> Path:
+    """The default scenario cut to one day of ``payments`` among ``people`` and ``merchants``."""
     text = (
         default_scenario_text()
         .replace("days = 7", "days = 1")
-        .replace("count = 100000", "count = 200")
-        .replace("count = 10000", "count = 40")
-        .replace("count = 500", "count = 4")
+        .replace("count = 100000", f"count = {payments}")
+        .replace("count = 10000", f"count = {people}")
+        .replace("count = 500", f"count = {merchants}")
     )
-    path = folder / "tiny.toml"
+    path = folder / name
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def tiny_scenario(folder: Path) -> Path:
+    return one_day_scenario(folder, "tiny.toml", people=40, merchants=4, payments=200)
 
 
 def test_simulate_writes_the_report_and_passes_its_invariants(tmp_path: Path) -> None:
@@ -70,15 +76,7 @@ def test_the_final_state_does_not_depend_on_the_process(tmp_path: Path) -> None:
     """Two runs in fresh interpreters with different string-hash seeds (PYTHONHASHSEED) reach
     the same final state: nothing the ledger writes follows the order of a set or dict of
     strings. A day with offline payments, so that tills upload several cards' payments at once."""
-    text = (
-        default_scenario_text()
-        .replace("days = 7", "days = 1")
-        .replace("count = 100000", "count = 1500")
-        .replace("count = 10000", "count = 150")
-        .replace("count = 500", "count = 6")
-    )
-    scenario = tmp_path / "day.toml"
-    scenario.write_text(text, encoding="utf-8")
+    scenario = one_day_scenario(tmp_path, "day.toml", people=150, merchants=6, payments=1500)
     hashes = []
     for hash_seed in ("1", "2"):
         out = tmp_path / f"out-{hash_seed}"
