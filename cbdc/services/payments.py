@@ -412,11 +412,7 @@ def _apply(
     message = item.signed.message
     plan = plan_transfer(payer_party, batch.party(context, payee, now), message["amount_fen"])
     if plan.topped_up_fen > batch.floats[payer.operator_float_account_id]:
-        raise InsufficientFunds(
-            f"the linked bank account could not cover the {plan.topped_up_fen} fen shortfall",
-            wallet=payer.wallet_id,
-            shortfall_fen=plan.topped_up_fen,
-        )
+        raise _bank_shortfall(payer, plan)
     amount = plan.amount_fen
     batch.floats[payer.operator_float_account_id] -= plan.topped_up_fen
     batch.floats[payee.operator_float_account_id] += plan.swept_fen
@@ -487,6 +483,16 @@ def _code_row(batch: _Batch, capture: _Accepted, payment_row_id: int) -> NewCode
         signature=code.signature,
         captured_payment_row_id=payment_row_id,
         captured_fen=capture.plan.amount_fen,
+    )
+
+
+def _bank_shortfall(payer: WalletRow, plan: TransferPlan) -> InsufficientFunds:
+    """The refusal when the operator's float cannot fund the payer's reverse waterfall: it
+    names the shortfall without telling the payer what the bank holds."""
+    return InsufficientFunds(
+        f"the linked bank account could not cover the {plan.topped_up_fen} fen shortfall",
+        wallet=payer.wallet_id,
+        shortfall_fen=plan.topped_up_fen,
     )
 
 
@@ -627,13 +633,7 @@ def settle(
     except InsufficientFunds as error:
         if error.extra.get("account") == wallet_account_code(payer.wallet_id):
             raise
-        # The operator's float could not fund the reverse waterfall: say so without telling
-        # the payer what the bank holds.
-        raise InsufficientFunds(
-            f"the linked bank account could not cover the {plan.topped_up_fen} fen shortfall",
-            wallet=payer.wallet_id,
-            shortfall_fen=plan.topped_up_fen,
-        ) from None
+        raise _bank_shortfall(payer, plan) from None
     entry = next(p for p in posted if isinstance(p, PostedEntry) and p.kind == kind)
     if counts_as_spending:
         save_usage(connection, payer.id, payer.usage.at(now).plus(plan.amount_fen))
