@@ -12,7 +12,7 @@ the last sequence number it used; a payment must carry a larger one (see
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
 from sqlalchemy import Connection, select, update
 
@@ -20,6 +20,7 @@ from cbdc.domain.errors import NotFound
 from cbdc.domain.signing import public_key_from_hex
 from cbdc.services.context import LedgerContext
 from cbdc.services.wallets import key_enrolment_needed
+from cbdc.storage.journal import as_utc
 from cbdc.storage.tables import wallet_keys, wallets
 from cbdc.storage.wallets import insert_keys, load_key, load_wallet
 
@@ -97,10 +98,6 @@ def _get(connection: Connection, public_key_hex: str) -> WalletKey:
         wallet_id=row.wallet_code,
         status=row.status,
         last_sequence=row.last_sequence,
-        enrolled_at=_utc(row.enrolled_at),
-        revoked_at=None if row.revoked_at is None else _utc(row.revoked_at),
+        enrolled_at=as_utc(row.enrolled_at),
+        revoked_at=None if row.revoked_at is None else as_utc(row.revoked_at),
     )
-
-
-def _utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from functools import lru_cache
 from typing import Any
 
@@ -24,6 +24,7 @@ import nacl.signing
 
 from cbdc.offline import DeviceCertificate, OperatorAuthority, RootAuthority
 from cbdc.services.context import CENTRAL_BANK_CODE, LedgerContext
+from cbdc.storage.journal import as_utc
 
 ROOT_AUTHORITY_ID = CENTRAL_BANK_CODE
 OPERATOR_CERTIFICATE_VALIDITY = timedelta(days=20 * 365)
@@ -54,7 +55,7 @@ def operator_authority(
 ) -> OperatorAuthority:
     """The operator's signing authority, with its root-signed certificate."""
     return _operator_authority(
-        context.offline_root_seed, context.ledger_id, operator_code, _as_utc(registered_at)
+        context.offline_root_seed, context.ledger_id, operator_code, as_utc(registered_at)
     )
 
 
@@ -72,10 +73,6 @@ def _operator_authority(
         not_after=registered_at + OPERATOR_CERTIFICATE_VALIDITY,
     )
     return OperatorAuthority(key, certificate)
-
-
-def _as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
 @lru_cache(maxsize=65_536)

@@ -44,7 +44,7 @@ import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import partial
 from typing import Any
 
@@ -752,8 +752,4 @@ def ledger_key(context: LedgerContext) -> LedgerKey:
 def ledger_public_key_hex(context: LedgerContext) -> str:
     """What wallets verify receipts with."""
     return ledger_key(context).public_key_hex
-
-
-def as_utc(moment: datetime) -> datetime:
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
