@@ -31,7 +31,8 @@ message, signature, ledger id; the original exists (``payment_not_found``), is n
 merchant then customer active, customer balance cap (waterfall to the customer's bank, else
 ``balance_limit_exceeded``), merchant funds (``insufficient_funds``: no reverse waterfall for
 refunds). A refund does not count against the merchant's outgoing caps, and does not give the
-customer back spending headroom.
+customer back spending headroom. Refunds settle in the payments' batches too, next to payments
+and captures.
 """
 
 from __future__ import annotations
@@ -43,29 +44,22 @@ from datetime import datetime
 from functools import partial
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Connection
 
 from cbdc.domain.errors import (
     CbdcError,
     Conflict,
-    Forbidden,
-    InvalidRequest,
     NotFound,
     StatusRefused,
 )
 from cbdc.domain.messages import (
     PAYMENT_REQUEST,
-    REFUND,
     Envelope,
-    Message,
     parse_time,
     prepare_envelope,
-    verify_envelope,
 )
 from cbdc.domain.postings import canonical_json
 from cbdc.domain.qr import encode_qr
-from cbdc.domain.settlement import plan_transfer
 from cbdc.services.batches import (
     Answers,
     Prepared,
@@ -79,23 +73,19 @@ from cbdc.services.batches import (
 from cbdc.services.context import LedgerContext
 from cbdc.services.payments import (
     CodeCapture,
+    MerchantRefund,
     Settlement,
     Signed,
-    answer_after_race,
     check_ledger,
     check_signing_key,
-    recorded,
-    settle,
     settle_batch,
     signed,
 )
-from cbdc.services.wallets import check_active, check_merchant, party
-from cbdc.storage.payments import NewRequest, add_refunded, find_requests, insert_requests
-from cbdc.storage.tables import payments, wallets
+from cbdc.services.wallets import check_active, check_merchant
+from cbdc.storage.payments import NewRequest, find_requests, insert_requests
 from cbdc.storage.wallets import (
     KeyRow,
     WalletRow,
-    load_key,
     load_keys,
     load_wallets,
     wallet_not_found,
@@ -280,87 +270,7 @@ def capture_payment_codes(
 
 
 def refund(context: LedgerContext, envelope: Mapping[str, Any]) -> Settlement:
-    """Settle a merchant-signed refund of (part of) a payment or capture it received."""
-    message = verify_envelope(envelope, REFUND)
-    check_ledger(context, message)
-    signed_refund = signed(message, envelope)
-    try:
-        with context.write() as connection:
-            return _refund(context, connection, signed_refund)
-    except IntegrityError:
-        return answer_after_race(context, message["refund_id"], signed_refund.message_hash,
-                                 "refund")
-
-
-def _refund(context: LedgerContext, connection: Connection, signed_refund: Signed) -> Settlement:
-    message = signed_refund.message
-    original = _original(connection, message)
-    rows = load_wallets(connection, [original.payer, original.payee], lock=True)
-    customer, merchant = rows[original.payer], rows[original.payee]
-    key = load_key(connection, message["public_key"], lock=True)
-    first = recorded(connection, message["refund_id"], signed_refund.message_hash, "refund")
-    if first is not None:
-        return first
-    key = check_signing_key(key, merchant)
-    # Read again under the merchant's lock: every refund of this payment holds it.
-    refunded_fen = connection.execute(
-        select(payments.c.refunded_fen).where(payments.c.id == original.id)
-    ).scalar_one()
-    left_fen = original.amount_fen - refunded_fen
-    if message["amount_fen"] > left_fen:
-        raise StatusRefused(
-            f"{message['amount_fen']} fen is more than the {left_fen} fen left to refund of "
-            f"{original.payment_id}",
-            code="refund_exceeds_payment",
-            refundable_fen=left_fen,
-        )
-    check_active(merchant)
-    check_active(customer)
-    now = context.now()
-    plan = plan_transfer(party(context, merchant, now), party(context, customer, now),
-                         message["amount_fen"], counts_as_spending=False,
-                         reverse_waterfall_allowed=False)
-    settlement, _ = settle(
-        context, connection, kind="refund", payment_id=message["refund_id"], payer=merchant,
-        payee=customer, plan=plan, key=key, signed=signed_refund, original_id=original.id,
-        counts_as_spending=False,
-    )
-    add_refunded(connection, original.id, message["amount_fen"])
-    return settlement
-
-
-@dataclass(frozen=True, slots=True)
-class _Original:
-    id: int
-    payment_id: str
-    payer: str
-    payee: str
-    amount_fen: int
-
-
-_PAYERS, _PAYEES = wallets.alias("payers"), wallets.alias("payees")
-_ORIGINAL = (
-    select(
-        payments.c.id,
-        payments.c.payment_id,
-        payments.c.kind,
-        payments.c.amount_fen,
-        _PAYERS.c.wallet_id.label("payer"),
-        _PAYEES.c.wallet_id.label("payee"),
-    )
-    .join(_PAYERS, _PAYERS.c.id == payments.c.payer_wallet_id)
-    .join(_PAYEES, _PAYEES.c.id == payments.c.payee_wallet_id)
-    .where(payments.c.payment_id == bindparam("payment_id"))
-)
-
-
-def _original(connection: Connection, message: Message) -> _Original:
-    row = connection.execute(_ORIGINAL, {"payment_id": message["payment_id"]}).first()
-    if row is None:
-        raise NotFound(f"no payment {message['payment_id']!r}", code="payment_not_found")
-    if row.kind == "refund":
-        raise InvalidRequest("a refund cannot be refunded", code="refund_invalid")
-    if row.payee != message["merchant"]:
-        raise Forbidden(f"{row.payment_id} was not paid to {message['merchant']}",
-                        code="refund_mismatch")
-    return _Original(row.id, row.payment_id, row.payer, row.payee, row.amount_fen)
+    """Settle a merchant-signed refund of (part of) a payment or capture it received: a batch of
+    one of :func:`cbdc.services.payments.settle_batch`, where refunds settle next to payments
+    and captures."""
+    return only(settle_batch(context, [MerchantRefund(envelope)]))

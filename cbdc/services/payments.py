@@ -33,9 +33,10 @@ float), bumps the payer's running limit counters and the key's sequence, records
 database) and a receipt signed with the ledger's key. A refusal changes nothing.
 
 Payments settle in batches (:func:`settle_batch`; one payment is a batch of one), each answered
-as if settled alone, in order. Merchants' captures of payment codes are the batches' other kind
-of item: the same steps with their own in place of 5-9 (their order is in
-:mod:`cbdc.services.merchants`), so payments and captures of one batch are posted together.
+as if settled alone, in order. Merchants' captures of payment codes and their refunds are the
+batches' other kinds of item: the same steps with their own in place of 4-9 (their order is in
+:mod:`cbdc.services.merchants`; a refund has no reverse waterfall and does not count against the
+merchant's caps), so payments, captures and refunds of one batch are posted together.
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ from cbdc.domain.messages import (
     CAPTURE,
     PAYMENT,
     PAYMENT_CODE,
+    REFUND,
     Envelope,
     Message,
     parse_time,
@@ -87,24 +89,25 @@ from cbdc.services.wallets import (
     check_active,
     check_merchant,
     effective_limits,
-    wallet_account_code,
 )
 from cbdc.storage.journal import PostedEntry, post_entries
 from cbdc.storage.payments import (
     NewCode,
     NewPayment,
+    OriginalRecord,
     PaymentRecord,
     RequestRecord,
     account_balances,
+    add_refunds,
+    find_originals,
     find_payment,
     find_payments,
     find_requests,
     insert_codes,
-    insert_payment,
     insert_payments,
     mark_requests_paid,
+    refunded_amounts,
     save_key_sequences,
-    save_usage,
     save_usages,
     used_codes,
 )
@@ -150,41 +153,87 @@ class CodeCapture:
     capture: Mapping[str, Any]
 
 
+@dataclass(frozen=True, slots=True)
+class MerchantRefund:
+    """A merchant-signed refund (``cbdc/v1/refund``) of a settlement it received, as sent."""
+
+    envelope: Mapping[str, Any]
+
+
+Command = Mapping[str, Any] | CodeCapture | MerchantRefund
+
+
 def settle_batch(
-    context: LedgerContext, commands: Sequence[Mapping[str, Any] | CodeCapture]
+    context: LedgerContext, commands: Sequence[Command]
 ) -> list[Settlement | CbdcError]:
-    """Verify and settle signed payments and captures (:class:`CodeCapture`), in order, in one
-    transaction.
+    """Verify and settle signed payments, captures (:class:`CodeCapture`) and refunds
+    (:class:`MerchantRefund`), in order, in one transaction.
 
     Each answer is what :func:`settle_payment` (or
-    :func:`~cbdc.services.merchants.capture_payment_code`) would have answered had the ones
+    :func:`~cbdc.services.merchants.capture_payment_code`, or
+    :func:`~cbdc.services.merchants.refund`) would have answered had the ones
     before it been settled one by one: the checks run in the same order against the batch's
     running state (balances, counters, sequences, requests paid, codes used). Refused commands
     change nothing; the others are posted together, in one :func:`post_entries` call, which is
     what makes batches fast. Signatures are checked on a second thread
-    (:mod:`cbdc.services.batches`)."""
-    return answer_batch(context, commands, partial(_prepare, context),
-                        partial(_settle_batch, context), partial(_after_race, context))
+    (:mod:`cbdc.services.batches`).
+
+    A refund that names a settlement made earlier in the same batch is answered once the
+    commands before it are recorded: the batch is cut there and its rest settled after, in the
+    same unit of work if the caller holds one."""
+    answers: list[Settlement | CbdcError] = []
+    for part in _parts(commands):
+        answers += answer_batch(context, part, partial(_prepare, context),
+                                partial(_settle_batch, context), partial(_after_race, context))
+    return answers
+
+
+def _parts(commands: Sequence[Command]) -> list[Sequence[Command]]:
+    """``commands`` cut before each refund of a settlement an earlier command of its part
+    makes (as far as the unchecked envelopes tell: a wrong guess only costs a cut)."""
+    parts: list[Sequence[Command]] = []
+    start, made = 0, set[Any]()
+    for index, command in enumerate(commands):
+        if isinstance(command, MerchantRefund) and _named(command.envelope, "payment_id") in made:
+            parts.append(commands[start:index])
+            start, made = index, set[Any]()
+        if isinstance(command, CodeCapture):
+            made.add(_named(command.capture, "capture_id"))
+        elif isinstance(command, MerchantRefund):
+            made.add(_named(command.envelope, "refund_id"))  # a refund of it: refund_invalid
+        else:
+            made.add(_named(command, "payment_id"))
+    parts.append(commands[start:])
+    return parts
+
+
+def _named(envelope: Any, field_name: str) -> Any:
+    message = envelope.get("message") if isinstance(envelope, Mapping) else None
+    return message.get(field_name) if isinstance(message, Mapping) else None
 
 
 @dataclass(frozen=True, slots=True)
 class _Item:
-    """A payment or capture of a batch, checked as far as it can be without the database."""
+    """A payment, capture or refund of a batch, checked as far as it can be without the
+    database."""
 
     index: int
-    kind: str  # "payment" or "capture"
-    signed: Signed  # the payment, or the capture: its id is the settlement's
+    kind: str  # "payment", "capture" or "refund"
+    signed: Signed  # the payment, capture or refund: its id is the settlement's
     settlement_id: str
-    payer: str
+    payer: str  # a refund's: the merchant it claims to be; its customer comes from the original
     payee: str
     code: Signed | None = None  # a capture's payment code
+    refund_of: str | None = None  # a refund's original settlement (payment id)
 
 
-def _prepare(
-    context: LedgerContext, index: int, command: Mapping[str, Any] | CodeCapture
-) -> Prepared[_Item]:
+def _prepare(context: LedgerContext, index: int, command: Command) -> Prepared[_Item]:
     if isinstance(command, CodeCapture):
         return _prepare_capture(context, index, command)
+    if isinstance(command, MerchantRefund):
+        refund = prepare_envelope(command.envelope, REFUND)
+        return checked_later(index, (refund,),
+                             lambda: _refund_item(context, index, refund.message, command))
     prepared = prepare_envelope(command, PAYMENT)
     return checked_later(index, (prepared,),
                          lambda: _payment_item(context, index, prepared.message, command))
@@ -199,6 +248,14 @@ def _payment_item(
         raise InvalidRequest("a wallet cannot pay itself", code="payee_invalid", field="payee")
     return _Item(index, "payment", signed(message, envelope), message["payment_id"],
                  message["payer"], message["payee"])
+
+
+def _refund_item(
+    context: LedgerContext, index: int, message: Message, command: MerchantRefund
+) -> _Item:
+    check_ledger(context, message)
+    return _Item(index, "refund", signed(message, command.envelope), message["refund_id"],
+                 message["merchant"], "", refund_of=message["payment_id"])
 
 
 def _prepare_capture(context: LedgerContext, index: int, command: CodeCapture) -> Prepared[_Item]:
@@ -253,6 +310,8 @@ class _Batch:
     requests: dict[str, RequestRecord]
     codes_used: set[str]
     floats: dict[int, int]
+    originals: dict[str, OriginalRecord] = field(default_factory=dict)
+    refunded: dict[int, int] = field(default_factory=dict)  # by original's row id, running
     in_batch: dict[str, tuple[str, int]] = field(default_factory=dict)
     requests_paid: dict[str, str] = field(default_factory=dict)
     # What the batch has changed so far, by wallet id or public key (rows stay as loaded).
@@ -283,14 +342,22 @@ class _Accepted:
     key: KeyRow  # the key whose signature settles it: the payer's, or the capturing merchant's
     plan: TransferPlan
     drafts: list[EntryDraft]
+    original_id: int | None = None  # a refund's original settlement (row id)
 
 
 def _load_batch(connection: Connection, items: list[_Item]) -> _Batch:
-    """Lock the wallets (ascending id), then the keys; read what the checks need."""
+    """Lock the wallets (ascending id), then the keys; read what the checks need. Refunds'
+    originals are read first (which wallets they move money between never changes), what is
+    left to refund of them once their merchants' wallets are locked."""
     messages = [item.signed.message for item in items]
     codes = [item.code.message for item in items if item.code is not None]
+    originals = find_originals(connection, {item.refund_of for item in items
+                                            if item.refund_of is not None})
+    parties = [wallet for original in originals.values()
+               for wallet in (original.payer, original.payee)]
     batch = _Batch(
-        wallets=load_wallets(connection, [i.payer for i in items] + [i.payee for i in items],
+        wallets=load_wallets(connection, [i.payer for i in items if i.refund_of is None]
+                             + [i.payee for i in items if i.refund_of is None] + parties,
                              lock=True, require_all=False),
         keys=load_keys(connection, [m["public_key"] for m in messages + codes], lock=True),
         recorded=find_payments(connection, sorted({item.settlement_id for item in items})),
@@ -298,6 +365,8 @@ def _load_batch(connection: Connection, items: list[_Item]) -> _Batch:
                                             if "request_id" in m}),
         codes_used=used_codes(connection, {code["code_id"] for code in codes}),
         floats={},
+        originals=originals,
+        refunded=refunded_amounts(connection, {o.id for o in originals.values()}),
     )
     batch.floats = account_balances(
         connection, {row.operator_float_account_id for row in batch.wallets.values()})
@@ -344,9 +413,15 @@ def _check_and_apply(
 ) -> _Accepted | Settlement | None:
     """Steps 4-12 for one item; on success the batch's state moves as the item would move it.
     Returns a Settlement for one recorded before, None for a repeat within the batch."""
-    payer, payee = batch.wallets.get(item.payer), batch.wallets.get(item.payee)
-    if payer is None or payee is None:
-        raise wallet_not_found(item.payer if payer is None else item.payee)
+    original = None
+    if item.refund_of is not None:
+        original = _original(batch, item)
+        payer, payee = batch.wallets[original.payee], batch.wallets[original.payer]
+    else:
+        found_payer, found_payee = batch.wallets.get(item.payer), batch.wallets.get(item.payee)
+        if found_payer is None or found_payee is None:
+            raise wallet_not_found(item.payer if found_payer is None else item.payee)
+        payer, payee = found_payer, found_payee
     record = batch.recorded.get(item.settlement_id)
     if record is not None:
         return from_record(record, item.signed.message_hash, item.kind)
@@ -355,11 +430,13 @@ def _check_and_apply(
             raise Conflict(f"{item.settlement_id} already settled from another message",
                            code=f"{item.kind}_conflict")
         return None
-    if item.code is None:
+    if original is not None:
+        key = _check_refund(batch, item, original, payer, payee)
+    elif item.code is None:
         key = _check_payment(batch, item.signed.message, payer, payee, now)
     else:
         key = _check_capture(batch, item, payer, payee, now)
-    return _apply(context, batch, item, payer, payee, key, now)
+    return _apply(context, batch, item, payer, payee, key, now, original)
 
 
 def _check_payment(
@@ -403,33 +480,74 @@ def _check_capture(
     return key
 
 
+def _original(batch: _Batch, item: _Item) -> OriginalRecord:
+    """A refund's original: recorded, not itself a refund, paid to the refunding merchant."""
+    original = batch.originals.get(item.refund_of or "")
+    if original is None:
+        raise NotFound(f"no payment {item.refund_of!r}", code="payment_not_found")
+    if original.kind == "refund":
+        raise InvalidRequest("a refund cannot be refunded", code="refund_invalid")
+    if original.payee != item.payer:
+        raise Forbidden(f"{original.payment_id} was not paid to {item.payer}",
+                        code="refund_mismatch")
+    return original
+
+
+def _check_refund(
+    batch: _Batch, item: _Item, original: OriginalRecord, merchant: WalletRow,
+    customer: WalletRow,
+) -> KeyRow:
+    """A refund's checks between its repeats and the customer's balance cap (see
+    :mod:`cbdc.services.merchants`); returns the merchant's key."""
+    message = item.signed.message
+    key = check_signing_key(batch.keys.get(message["public_key"]), merchant)
+    left_fen = original.amount_fen - batch.refunded[original.id]
+    if message["amount_fen"] > left_fen:
+        raise StatusRefused(
+            f"{message['amount_fen']} fen is more than the {left_fen} fen left to refund of "
+            f"{original.payment_id}",
+            code="refund_exceeds_payment",
+            refundable_fen=left_fen,
+        )
+    check_active(merchant)
+    check_active(customer)
+    return key
+
+
 def _apply(
     context: LedgerContext, batch: _Batch, item: _Item, payer: WalletRow, payee: WalletRow,
-    key: KeyRow, now: datetime,
+    key: KeyRow, now: datetime, original: OriginalRecord | None,
 ) -> _Accepted:
-    """Steps 10-12 (caps, waterfalls, funds); then move the batch's state as the item would."""
+    """Steps 10-12 (caps, waterfalls, funds); then move the batch's state as the item would.
+    A refund does not count as the merchant's spending and has no reverse waterfall."""
     payer_party = batch.party(context, payer, now)
     message = item.signed.message
-    plan = plan_transfer(payer_party, batch.party(context, payee, now), message["amount_fen"])
+    spending = original is None
+    plan = plan_transfer(payer_party, batch.party(context, payee, now), message["amount_fen"],
+                         counts_as_spending=spending, reverse_waterfall_allowed=spending)
     if plan.topped_up_fen > batch.floats[payer.operator_float_account_id]:
         raise _bank_shortfall(payer, plan)
     amount = plan.amount_fen
     batch.floats[payer.operator_float_account_id] -= plan.topped_up_fen
     batch.floats[payee.operator_float_account_id] += plan.swept_fen
     batch.balances[payer.wallet_id] = payer_party.balance_fen + plan.topped_up_fen - amount
-    batch.usages[payer.wallet_id] = payer_party.usage.plus(amount)
+    if spending:
+        batch.usages[payer.wallet_id] = payer_party.usage.plus(amount)
     batch.balances[payee.wallet_id] = (
         batch.balances.get(payee.wallet_id, payee.balance_fen) + amount - plan.swept_fen
     )
     batch.in_batch[item.settlement_id] = (item.signed.message_hash, item.index)
-    if item.code is not None:
+    if original is not None:
+        batch.refunded[original.id] += amount
+    elif item.code is not None:
         batch.codes_used.add(item.code.message["code_id"])
     else:
         batch.sequences[key.public_key] = message["sequence"]
         if "request_id" in message:
             batch.requests_paid[message["request_id"]] = item.settlement_id
     return _Accepted(item, payer, payee, key, plan,
-                     settlement_drafts(item.kind, item.settlement_id, payer, payee, plan))
+                     settlement_drafts(item.kind, item.settlement_id, payer, payee, plan),
+                     original_id=None if original is None else original.id)
 
 
 def _record(
@@ -451,7 +569,7 @@ def _record(
         settlement, row = settled_row(
             context, kind=item.kind, payment_id=item.settlement_id, payer=each.payer,
             payee=each.payee, plan=each.plan, key=each.key, signed=item.signed,
-            sequence=item.signed.message.get("sequence"),
+            sequence=item.signed.message.get("sequence"), original_id=each.original_id,
             entry=entries[f"{item.kind}:{item.settlement_id}"],
         )
         results[item.index] = settlement
@@ -465,6 +583,11 @@ def _record(
                                     for request_id, payment_id in batch.requests_paid.items()})
     insert_codes(connection, [_code_row(batch, each, row_ids[each.item.settlement_id])
                               for each in accepted if each.item.code is not None])
+    refunds: dict[int, int] = {}
+    for each in accepted:
+        if each.original_id is not None:
+            refunds[each.original_id] = refunds.get(each.original_id, 0) + each.plan.amount_fen
+    add_refunds(connection, refunds)
 
 
 def _code_row(batch: _Batch, capture: _Accepted, payment_row_id: int) -> NewCode:
@@ -606,42 +729,6 @@ def answer_after_race(
         f"{payment_id}: a concurrent settlement used the same key and sequence",
         code="sequence_not_fresh",
     )
-
-
-def settle(
-    context: LedgerContext,
-    connection: Connection,
-    *,
-    kind: str,
-    payment_id: str,
-    payer: WalletRow,
-    payee: WalletRow,
-    plan: TransferPlan,
-    key: KeyRow,
-    signed: Signed,
-    sequence: int | None = None,
-    original_id: int | None = None,
-    counts_as_spending: bool = True,
-) -> tuple[Settlement, int]:
-    """Post the entries for ``plan``, bump the payer's counters, record the row and receipt.
-    The caller has locked both wallets and checked everything; returns the row id too."""
-    now = context.now()
-    try:
-        posted = post_entries(
-            connection, settlement_drafts(kind, payment_id, payer, payee, plan), now=now
-        )
-    except InsufficientFunds as error:
-        if error.extra.get("account") == wallet_account_code(payer.wallet_id):
-            raise
-        raise _bank_shortfall(payer, plan) from None
-    entry = next(p for p in posted if isinstance(p, PostedEntry) and p.kind == kind)
-    if counts_as_spending:
-        save_usage(connection, payer.id, payer.usage.at(now).plus(plan.amount_fen))
-    settlement, row = settled_row(
-        context, kind=kind, payment_id=payment_id, payer=payer, payee=payee, plan=plan,
-        key=key, signed=signed, sequence=sequence, original_id=original_id, entry=entry,
-    )
-    return settlement, insert_payment(connection, row)
 
 
 def settled_row(

@@ -1,7 +1,7 @@
 """The in-process adapter: the driver's commands as calls of the same services the API calls.
 
-A batch is one unit of work (``context.write()``); the services called inside it join it, and
-each command runs inside its own savepoint, so a refused command changes nothing while the
+A batch is one unit of work (``context.write()``); the services called inside it join it and
+answer each command as if it had come alone, so a refused command changes nothing while the
 settled ones around it commit together. The injected :class:`~cbdc.clock.ManualClock` is set to
 each command's simulated moment before its service runs.
 """
@@ -9,7 +9,7 @@ each command's simulated moment before its service runs.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -27,7 +27,6 @@ from cbdc.services.reconcile import supply_report
 from cbdc.simulation.metrics import SupplySample, final_state_hash
 from cbdc.simulation.ports import (
     Capture,
-    Command,
     OpenWallet,
     Outcome,
     Pay,
@@ -73,8 +72,8 @@ class InProcessLedger:
         presented in one call at the first one's moment (no later than any was signed, so none
         has expired yet); then, at the batch's last moment (the ledger settles a batch when its
         window closes), its top-ups in one :func:`top_ups` call, every signed payment and
-        capture in one :func:`settle_batch` call, the refunds one by one, and the withdrawals in
-        one :func:`withdrawals` call. The clock never goes back, and credits all come before
+        capture and refund in one :func:`settle_batch` call, and the withdrawals in one
+        :func:`withdrawals` call. The clock never goes back, and credits all come before
         debits, so no payer the driver funded (nor a merchant sweeping its takings) can be short
         because of the grouping."""
         outcomes: list[Outcome | None] = [None] * len(batch)
@@ -85,29 +84,9 @@ class InProcessLedger:
             if settles_at is not None:
                 self._funding(batch, outcomes, TopUp, settles_at)
                 self._payments(connection, batch, outcomes, settles_at)
-            for index, timed in enumerate(batch):
-                if outcomes[index] is None and not isinstance(timed.command, Withdraw):
-                    outcomes[index] = self._one(connection, settles_at or timed.at,
-                                                timed.command)
-            if settles_at is not None:
                 self._funding(batch, outcomes, Withdraw, settles_at)
-        assert all(outcome is not None for outcome in outcomes)
+        assert all(outcome is not None for outcome in outcomes), "a command kind not sent"
         return outcomes  # type: ignore[return-value]
-
-    def _one(self, connection: Connection, at: datetime, command: Command) -> Outcome:
-        """One command in its own savepoint: a refusal leaves nothing behind."""
-        self.clock.set(at)
-        savepoint = connection.begin_nested()
-        try:
-            outcome = self._apply(command)
-        except CbdcError as error:
-            savepoint.rollback()
-            return Outcome.refused(error.code)
-        except BaseException:
-            savepoint.rollback()
-            raise
-        savepoint.commit()
-        return outcome
 
     def _requests(self, batch: Sequence[Timed], outcomes: list[Outcome | None]) -> None:
         self._in_one_call(
@@ -124,12 +103,14 @@ class InProcessLedger:
         settles_at: datetime,
     ) -> None:
         indices: list[int] = []
-        items: list[Mapping[str, Any] | payments.CodeCapture] = []
+        items: list[payments.Command] = []
         for index, timed in enumerate(batch):
             if isinstance(timed.command, Pay):
                 items.append(timed.command.payment)
             elif isinstance(timed.command, Capture):
                 items.append(payments.CodeCapture(timed.command.code, timed.command.capture))
+            elif isinstance(timed.command, Refund):
+                items.append(payments.MerchantRefund(timed.command.refund))
             else:
                 continue
             indices.append(index)
@@ -174,12 +155,6 @@ class InProcessLedger:
         for (index, _), result in zip(chosen, results, strict=True):
             outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
                                else answer(result))
-
-    def _apply(self, command: Command) -> Outcome:
-        context = self.context
-        if isinstance(command, Refund):
-            return _settled(merchants.refund(context, command.refund))
-        raise AssertionError(f"unknown command {command!r}")
 
     def supply(self, hour: int) -> SupplySample:
         report = supply_report(self.context)

@@ -27,11 +27,13 @@ _FIND_PAYMENT = (
 )
 _FIND_PAYMENTS = _FIND_PAYMENT.replace("payment_id = ?", "payment_id IN ({marks})")
 _PAYMENT_ROW_IDS = "SELECT payment_id, id FROM payments WHERE payment_id IN ({marks})"
+#: A second row for the same payment id or ``(key, sequence)`` is refused by the database
+#: (IntegrityError), whatever the services did.
 _INSERT_PAYMENT = (
     "INSERT INTO payments (payment_id, kind, payer_wallet_id, payee_wallet_id, amount_fen,"
     " key_id, sequence, message_json, message_hash, signature, entry_seq, original_id,"
     " refunded_fen, topped_up_fen, swept_fen, receipt_json, settled_at)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) RETURNING id"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?)"
 )
 _SAVE_USAGE = (
     "UPDATE wallets SET usage_day = ?, spent_day_fen = ?, usage_year = ?, spent_year_fen = ?"
@@ -39,6 +41,14 @@ _SAVE_USAGE = (
 )
 _SAVE_SEQUENCE = "UPDATE wallet_keys SET last_sequence = ? WHERE id = ?"
 _ADD_REFUNDED = "UPDATE payments SET refunded_fen = refunded_fen + ? WHERE id = ?"
+_FIND_ORIGINALS = (
+    "SELECT p.id, p.payment_id, p.kind, p.amount_fen, payer.wallet_id AS payer,"
+    " payee.wallet_id AS payee FROM payments p"
+    " JOIN wallets payer ON payer.id = p.payer_wallet_id"
+    " JOIN wallets payee ON payee.id = p.payee_wallet_id"
+    " WHERE p.payment_id IN ({marks})"
+)
+_REFUNDED = "SELECT id, refunded_fen FROM payments WHERE id IN ({marks})"
 _FIND_REQUESTS = (
     "SELECT r.id, r.request_id, w.wallet_id AS merchant, r.amount_fen, r.reference,"
     " r.expires_at, r.status, r.message_hash, r.envelope_json"
@@ -138,6 +148,18 @@ class NewCode:
     captured_fen: int
 
 
+@dataclass(frozen=True, slots=True)
+class OriginalRecord:
+    """A settlement as a refund of it needs it: what never changes once it is recorded."""
+
+    id: int
+    payment_id: str
+    kind: str
+    amount_fen: int
+    payer: str  # wallet ids
+    payee: str
+
+
 def find_payment(connection: Connection, payment_id: str) -> PaymentRecord | None:
     row = connection.exec_driver_sql(driver_sql(connection, _FIND_PAYMENT), (payment_id,)).first()
     return None if row is None else PaymentRecord(*row)
@@ -155,9 +177,8 @@ def insert_payments(connection: Connection, new: Sequence[NewPayment]) -> dict[s
     """Record many settlements with one statement; returns their row ids by payment id."""
     if not new:
         return {}
-    sql = _INSERT_PAYMENT.removesuffix(" RETURNING id")
     connection.exec_driver_sql(
-        driver_sql(connection, sql), [_values(connection, payment) for payment in new]
+        driver_sql(connection, _INSERT_PAYMENT), [_values(connection, payment) for payment in new]
     )
     rows = _select_in(connection, _PAYMENT_ROW_IDS, [payment.payment_id for payment in new])
     return {row.payment_id: int(row.id) for row in rows}
@@ -184,16 +205,6 @@ def save_key_sequences(connection: Connection, sequences: Mapping[int, int]) -> 
         )
 
 
-def insert_payment(connection: Connection, payment: NewPayment) -> int:
-    """Record a settlement; a second row for the same payment id or ``(key, sequence)`` is
-    refused by the database (IntegrityError), whatever the services did."""
-    return int(
-        connection.exec_driver_sql(
-            driver_sql(connection, _INSERT_PAYMENT), _values(connection, payment)
-        ).scalar_one()
-    )
-
-
 def _values(connection: Connection, payment: NewPayment) -> tuple[Any, ...]:
     return (
         payment.payment_id, payment.kind, payment.payer_wallet_row_id,
@@ -204,21 +215,33 @@ def _values(connection: Connection, payment: NewPayment) -> tuple[Any, ...]:
     )
 
 
-def save_usage(connection: Connection, wallet_row_id: int, usage: Usage) -> None:
-    connection.exec_driver_sql(
-        driver_sql(connection, _SAVE_USAGE),
-        (usage.day.isoformat(), usage.spent_day_fen, usage.year, usage.spent_year_fen,
-         wallet_row_id),
-    )
+def find_originals(
+    connection: Connection, payment_ids: Collection[str]
+) -> dict[str, OriginalRecord]:
+    """The recorded settlements among ``payment_ids`` that refunds name, by payment id."""
+    if not payment_ids:
+        return {}
+    rows = _select_in(connection, _FIND_ORIGINALS, sorted(payment_ids))
+    return {row.payment_id: OriginalRecord(*row) for row in rows}
 
 
-def save_key_sequence(connection: Connection, key_id: int, sequence: int) -> None:
-    connection.exec_driver_sql(driver_sql(connection, _SAVE_SEQUENCE), (sequence, key_id))
+def refunded_amounts(connection: Connection, payment_row_ids: Collection[int]) -> dict[int, int]:
+    """How much of each settlement (by row id) has been refunded so far. Read it under the
+    lock of the merchant's wallet, which every refund of the settlement takes."""
+    if not payment_row_ids:
+        return {}
+    rows = _select_in(connection, _REFUNDED, sorted(payment_row_ids))
+    return {int(row.id): int(row.refunded_fen) for row in rows}
 
 
-def add_refunded(connection: Connection, payment_row_id: int, amount_fen: int) -> None:
-    """Raise the refunded total; the CHECK ``refunded_fen <= amount_fen`` has the last word."""
-    connection.exec_driver_sql(driver_sql(connection, _ADD_REFUNDED), (amount_fen, payment_row_id))
+def add_refunds(connection: Connection, amounts: Mapping[int, int]) -> None:
+    """Raise the refunded totals of many settlements (by row id); the CHECK
+    ``refunded_fen <= amount_fen`` has the last word."""
+    if amounts:
+        connection.exec_driver_sql(
+            driver_sql(connection, _ADD_REFUNDED),
+            [(amount_fen, row_id) for row_id, amount_fen in sorted(amounts.items())],
+        )
 
 
 def find_requests(

@@ -8,6 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
 from sqlalchemy import text
@@ -27,12 +28,13 @@ from cbdc.client import (
 from cbdc.domain.errors import CbdcError
 from cbdc.domain.messages import PAYMENT_REQUEST
 from cbdc.domain.money import yuan
-from cbdc.services import keys, merchants, wallets
+from cbdc.services import batches, keys, merchants, wallets
 from cbdc.services.audit import run_audit
 from cbdc.services.context import LedgerContext
 from cbdc.services.funding import top_up, withdraw
 from cbdc.services.payments import (
     CodeCapture,
+    MerchantRefund,
     Settlement,
     ledger_public_key_hex,
     settle_batch,
@@ -320,6 +322,36 @@ def test_worked_example_a_merchant_refunds_half_twice_and_fails_the_third_time(
         connection.execute(text(
             "UPDATE payments SET refunded_fen = refunded_fen + 1 WHERE payment_id = 'p-bowls'"
         ))
+    assert run_audit(ledger).ok
+
+
+def test_worked_example_refunds_settle_in_a_batch_with_the_payment_they_refund(
+    ledger: LedgerContext, shop: tuple[Holder, Holder]
+) -> None:
+    """One batch: Carol pays 100 CNY, the shop refunds 60 of it, then tries 60 more (40 are
+    left), then sends its first refund again. Each is answered as one by one, and the batch
+    settles in one go: what is left to refund is kept as the batch goes, not found out from the
+    database's CHECK (which would send the batch back to one by one)."""
+    noodles, carol = shop
+    with mock.patch.object(batches, "_alone", side_effect=AssertionError("fell back")):
+        answers = settle_batch(ledger, [
+            carol.payment("w-noodles", yuan(100), "p-bowls"),
+            MerchantRefund(refund_of(ledger, noodles, "r-1", "p-bowls", yuan(60))),
+            MerchantRefund(refund_of(ledger, noodles, "r-2", "p-bowls", yuan(60))),
+            MerchantRefund(refund_of(ledger, noodles, "r-1", "p-bowls", yuan(60))),
+        ])
+    paid, first, over, again = answers
+    assert isinstance(paid, Settlement) and isinstance(first, Settlement)
+    assert (first.kind, first.payer, first.payee, first.amount_fen) == (
+        "refund", "w-noodles", "w-carol", yuan(60))
+    assert isinstance(over, CbdcError) and over.code == "refund_exceeds_payment"
+    assert over.extra["refundable_fen"] == yuan(40)
+    assert again == replace(first, replayed=True)
+    assert (balance(ledger, "w-carol"), balance(ledger, "w-noodles")) == (yuan(960), yuan(40))
+    # The refunded total is stored: 40 CNY are left, and no more.
+    refused(ledger, "refund_exceeds_payment", lambda: merchants.refund(
+        ledger, refund_of(ledger, noodles, "r-3", "p-bowls", yuan(40) + 1)))
+    merchants.refund(ledger, refund_of(ledger, noodles, "r-3", "p-bowls", yuan(40)))
     assert run_audit(ledger).ok
 
 
