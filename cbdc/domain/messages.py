@@ -334,6 +334,14 @@ def kind_for(domain: str) -> MessageKind:
 # --- validation ----------------------------------------------------------------------------------
 
 
+def unchecked_message(envelope: object) -> Mapping[str, Any]:
+    """An envelope's message as sent, before any check: ``{}`` unless the envelope is a mapping
+    whose ``message`` is one. For best-effort reads only (what a refusal names, where a batch
+    may be cut), never for a decision about money."""
+    message = envelope.get("message") if isinstance(envelope, Mapping) else None
+    return message if isinstance(message, Mapping) else {}
+
+
 def check_envelope(envelope: object) -> tuple[Message, bytes]:
     """Step 1 (shape): return the message object and the raw signature bytes."""
     if not isinstance(envelope, Mapping):

@@ -29,6 +29,7 @@ import nacl.signing
 
 from cbdc.domain import signing
 from cbdc.domain.errors import CbdcError, InvalidSignature
+from cbdc.domain.messages import unchecked_message
 from cbdc.offline import messages
 from cbdc.offline.certificates import DeviceCertificate, OperatorCertificate
 from cbdc.offline.messages import OFFLINE_PAYMENT
@@ -269,8 +270,7 @@ def _chain_key(envelope: Any) -> str | None:
 
 
 def _refusal(envelope: Any, code: str, detail: str) -> Refusal:
-    message = envelope.get("message") if isinstance(envelope, Mapping) else None
-    message = message if isinstance(message, Mapping) else {}
+    message = unchecked_message(envelope)
     device = message.get("payer_device")
     counter = message.get("counter")
     amount = message.get("amount_fen")

@@ -25,6 +25,7 @@ from cbdc.domain.errors import (
     InvalidRequest,
     OfflineRefused,
 )
+from cbdc.domain.messages import unchecked_message
 from cbdc.offline import messages
 from cbdc.offline.certificates import (
     DeviceCertificate,
@@ -411,8 +412,7 @@ def _record_forged(
     findings: list[Finding],
     seen: set[str],
 ) -> None:
-    message = envelope.get("message") if isinstance(envelope, Mapping) else None
-    message = message if isinstance(message, Mapping) else {}
+    message = unchecked_message(envelope)
     digest = best_effort_hash(envelope, message)
     if digest in seen:
         return

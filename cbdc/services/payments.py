@@ -69,6 +69,7 @@ from cbdc.domain.messages import (
     Message,
     parse_time,
     prepare_envelope,
+    unchecked_message,
 )
 from cbdc.domain.postings import EntryDraft, canonical_json, transfer
 from cbdc.domain.receipts import LedgerKey, sign_receipt
@@ -208,8 +209,7 @@ def _parts(commands: Sequence[Command]) -> list[Sequence[Command]]:
 
 
 def _named(envelope: Any, field_name: str) -> Any:
-    message = envelope.get("message") if isinstance(envelope, Mapping) else None
-    return message.get(field_name) if isinstance(message, Mapping) else None
+    return unchecked_message(envelope).get(field_name)
 
 
 @dataclass(frozen=True, slots=True)
