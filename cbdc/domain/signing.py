@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeGuard
 
 import nacl.bindings
@@ -147,3 +147,8 @@ def verify_raw(public_key: bytes, data: bytes, signature: bytes) -> bool:
     except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
         return False
     return True
+
+
+def verify_many(triples: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
+    """Whether each ``(public key, signed bytes, signature)`` verifies, in order."""
+    return [verify_raw(public_key, data, signature) for public_key, data, signature in triples]

@@ -12,8 +12,8 @@ certificate objects never need to cross back.
 Most uploads carry exactly the certificates the ledger issued itself. For those,
 :func:`prepare_trusted` does steps 1 and 3 and the ledger check with no chain verification (the
 ledger signed that chain), leaving only the payment's signature: a compact
-``(public key, signed bytes, signature)`` triple that :func:`verify_signatures` checks (the
-curve arithmetic, during which PyNaCl releases the GIL, so a thread overlaps the caller's work).
+``(public key, signed bytes, signature)`` triple, checked by the ledger's verifier process
+(:mod:`cbdc.services.verifier`) or :func:`cbdc.domain.signing.verify_many`.
 """
 
 from __future__ import annotations
@@ -159,20 +159,6 @@ def prepare_trusted(
         return _refusal(envelope, error.code, error.detail)
     return Prepared(hashlib.sha256(signed).hexdigest(), opened, signature, signed,
                     chain.certificate)
-
-
-def verify_signatures(triples: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
-    """Step 4 for prepared payments: whether each (public key, signed bytes, signature)
-    verifies."""
-    verdicts = []
-    for public_key, signed, signature in triples:
-        try:
-            nacl.signing.VerifyKey(public_key).verify(signed, signature)
-        except (nacl.exceptions.BadSignatureError, ValueError, TypeError):
-            verdicts.append(False)
-        else:
-            verdicts.append(True)
-    return verdicts
 
 
 def conclude(

@@ -9,10 +9,9 @@ runs that order in three parts, so that the costly ones overlap:
    fields) are raised and answered at once; failures of checks that come after it (the ledger
    id, ...) are set aside (:class:`Prepared` ``later``), to be answered only once the signature
    is known to be good.
-2. The Ed25519 signatures: on a second thread for batches of :data:`PARALLEL_VERIFY_MIN` or more
-   (PyNaCl releases the GIL while it verifies); once this thread has done its own checks and
-   needs the verdicts, it verifies whatever the second thread has not reached yet, so both cores
-   verify (:class:`SharedVerification`).
+2. The Ed25519 signatures: sent to a worker process at once (:mod:`cbdc.services.verifier`;
+   a batch with only a few is checked here), so they are checked on the second core while this
+   thread runs step 3.
 3. ``write``, in one unit of work, on this thread while step 2 runs: the checks against the
    database and the batch's running state, optimistically. It writes nothing until every verdict
    is in; if a command was forged it starts again without it (:func:`forged_out`), since a
@@ -27,9 +26,8 @@ and each command is then answered alone, as if it had come second where it did (
 
 from __future__ import annotations
 
-from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -39,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from cbdc.domain.errors import CbdcError, EntryConflict, InvalidSignature
 from cbdc.domain.messages import PreparedEnvelope
 from cbdc.services.context import LedgerContext
+from cbdc.services.verifier import Pending
 
 
 class Indexed(Protocol):
@@ -58,12 +57,6 @@ class Verdicts(Protocol):
     """Each command's signature verdict, by its place in the batch (blocks until all are in)."""
 
     def result(self) -> dict[int, bool]: ...
-
-
-#: Batches at least this long check their signatures on a second thread: PyNaCl releases the
-#: GIL while it verifies, so the check overlaps this thread's own work.
-PARALLEL_VERIFY_MIN = 16
-_VERIFIER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbdc-verify")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,11 +99,13 @@ def answer_batch(
             prepared.append(prepare(index, command))
         except CbdcError as error:
             answers[index] = error
-    verdicts = _verify_signatures(prepared)
+    verdicts = _Verification(prepared)
     items = [each.item for each in prepared if each.item is not None]
-    if items:
-        _write_or_each_alone(context, items, answers, verdicts, write, after_race)
-    valid = verdicts.result()
+    try:
+        if items:
+            _write_or_each_alone(context, items, answers, verdicts, write, after_race)
+    finally:
+        valid = verdicts.result()  # taken even on the way out, so the worker's answer is read
     for each in prepared:
         if not valid[each.index]:
             answers[each.index] = InvalidSignature("signature does not verify")
@@ -146,38 +141,22 @@ def all_verified(items: Sequence[Indexed]) -> Verdicts:
     return _settled({item.index: True for item in items})
 
 
-def _verify_signatures(prepared: list[Prepared[ItemT]]) -> Verdicts:
-    if len(prepared) >= PARALLEL_VERIFY_MIN:
-        return SharedVerification(prepared)
-    return _settled({each.index: _authentic(each) for each in prepared})
-
-
-def _authentic(prepared: Prepared[ItemT]) -> bool:
-    return all(envelope.signature_valid() for envelope in prepared.envelopes)
-
-
-class SharedVerification(Generic[ItemT]):
-    """Signatures verified by a second thread from the front of a queue; the caller, when it asks
-    for the verdicts, takes from the same queue until it is empty, then waits for the item the
-    second thread holds. ``deque.popleft`` is atomic, so each item is verified exactly once."""
+class _Verification(Generic[ItemT]):
+    """The batch's signatures, sent to the verifier at once; their verdicts by command (all of
+    a command's envelopes must verify) when asked for."""
 
     def __init__(self, prepared: list[Prepared[ItemT]]) -> None:
-        self._queue = deque(prepared)
-        self._verdicts: dict[int, bool] = {}
-        self._helper = _VERIFIER.submit(self._drain)
-
-    def _drain(self) -> None:
-        queue, verdicts = self._queue, self._verdicts
-        while True:
-            try:
-                each = queue.popleft()
-            except IndexError:
-                return
-            verdicts[each.index] = _authentic(each)
+        self._prepared = prepared
+        self._pending = Pending([(envelope.public_key, envelope.signed_bytes, envelope.signature)
+                                 for each in prepared for envelope in each.envelopes])
+        self._verdicts: dict[int, bool] | None = None
 
     def result(self) -> dict[int, bool]:
-        self._drain()
-        self._helper.result()
+        if self._verdicts is None:
+            flat = iter(self._pending.result())
+            self._verdicts = {
+                each.index: all([next(flat) for _ in each.envelopes]) for each in self._prepared
+            }
         return self._verdicts
 
 

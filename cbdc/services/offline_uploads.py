@@ -6,8 +6,8 @@ as often as they like. For each batch, in order:
 1. every envelope is authenticated (shape, certificate chain to the root, payer's signature,
    this ledger). An envelope carrying exactly the certificates the ledger issued to the device
    it names needs no chain verification (the ledger signed that chain): it is checked here and
-   its signature verified on two threads, chunk by chunk while the next chunk is prepared
-   (PyNaCl releases the GIL while it verifies), unless the ledger already holds the payment
+   its signature verified by the ledger's verifier process (:mod:`cbdc.services.verifier`),
+   chunk by chunk while the next chunk is prepared, unless the ledger already holds the payment
    with this very signature (verified when stored). Any other envelope goes through
    :func:`cbdc.offline.batch.authenticate_many` in full, on two worker processes for large
    batches. Forged or altered ones are refused, each named in an ``offline_forged`` fraud case
@@ -32,7 +32,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,7 +50,6 @@ from cbdc.offline.batch import (
     authenticate_many,
     conclude,
     prepare_trusted,
-    verify_signatures,
 )
 from cbdc.offline.messages import parse_time
 from cbdc.services.batches import only
@@ -58,6 +57,7 @@ from cbdc.services.context import LedgerContext
 from cbdc.services.offline_devices import publish_pending_revocations
 from cbdc.services.offline_keys import issued_certificate, operator_authority, root_public_key
 from cbdc.services.offline_settlement import SettlementRun
+from cbdc.services.verifier import Pending
 from cbdc.storage.journal import post_entries
 from cbdc.storage.offline import (
     DeviceRow,
@@ -69,11 +69,12 @@ from cbdc.storage.offline import (
 )
 from cbdc.storage.tables import offline_devices, offline_payments
 
-#: Batches (and chunks) at least this long are verified on :data:`VERIFY_WORKERS` threads
-#: (envelopes with the ledger's certificates) or processes (the others).
+#: Envelopes without the ledger's own certificates are authenticated in full on
+#: :data:`VERIFY_WORKERS` processes when at least this many come in one batch.
 PARALLEL_VERIFY_MIN = 256
 VERIFY_WORKERS = 2
-#: Envelopes per task sent to a worker: small enough to keep both workers busy to the end.
+#: Envelopes per chunk (the ledger's certificates) or task sent to a worker (the others):
+#: small enough to keep both workers busy to the end.
 VERIFY_CHUNK = 500
 #: Concurrent uploads may race to publish the same revocation list number (PostgreSQL);
 #: the loser starts its unit of work again.
@@ -186,8 +187,6 @@ def _independent_groups(
 
 
 _POOL: ProcessPoolExecutor | None = None
-_VERIFIERS = ThreadPoolExecutor(max_workers=VERIFY_WORKERS,
-                                thread_name_prefix="cbdc-offline-verify")
 
 
 def _pool() -> ProcessPoolExecutor:
@@ -208,11 +207,11 @@ def authenticate(
     very certificates the ledger issued to the device they name are checked here, chunk by
     chunk; a payment the ledger already holds with this very signature needs no second check
     (its signed bytes and signature are those verified when it was stored), the others' are
-    verified on threads while the next chunk is prepared. Any other envelope is authenticated
-    in full, on worker processes for large batches."""
+    verified on the verifier process while the next chunk is prepared. Any other envelope is
+    authenticated in full, on worker processes for large batches."""
     results: list[Authenticated | Refusal | None] = [None] * len(envelopes)
     others: list[int] = []
-    chunks: list[tuple[list[tuple[int, Prepared]], Future[list[bool]]]] = []
+    chunks: list[tuple[list[tuple[int, Prepared]], _ChunkVerdicts]] = []
     with context.read() as connection:
         chains = _trusted_chains(context, connection, envelopes)
         prepared: list[tuple[int, Prepared]] = []
@@ -241,25 +240,30 @@ def authenticate(
 
 def _submit(
     connection: Connection, items: list[tuple[int, Prepared]]
-) -> tuple[list[tuple[int, Prepared]], Future[list[bool]]]:
+) -> tuple[list[tuple[int, Prepared]], _ChunkVerdicts]:
     """Verdicts on a chunk's signatures: those stored with the payment already, the others
-    verified (on a thread for a long chunk)."""
+    sent to the verifier (:mod:`cbdc.services.verifier`)."""
     stored = stored_signatures(connection, [item.payment_hash for _, item in items])
     fresh = [position for position, (_, item) in enumerate(items)
              if stored.get(item.payment_hash) != item.signature.hex()]
     triples = [items[position][1].triple() for position in fresh]
+    return items, _ChunkVerdicts(len(items), fresh, Pending(triples))
 
-    def verdicts(checked: list[bool]) -> list[bool]:
-        answer = [True] * len(items)
-        for position, valid in zip(fresh, checked, strict=True):
+
+@dataclass(frozen=True, slots=True)
+class _ChunkVerdicts:
+    """A chunk's verdicts: good for the payments held with these very signatures, the others'
+    (at ``fresh`` positions) from the verifier."""
+
+    size: int
+    fresh: list[int]
+    checked: Pending
+
+    def result(self) -> list[bool]:
+        answer = [True] * self.size
+        for position, valid in zip(self.fresh, self.checked.result(), strict=True):
             answer[position] = valid
         return answer
-
-    if len(triples) < PARALLEL_VERIFY_MIN:
-        done: Future[list[bool]] = Future()
-        done.set_result(verdicts(verify_signatures(triples)))
-        return items, done
-    return items, _VERIFIERS.submit(lambda: verdicts(verify_signatures(triples)))
 
 
 def _trusted_chains(

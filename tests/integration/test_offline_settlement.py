@@ -12,7 +12,7 @@ from cbdc.domain.errors import CbdcError
 from cbdc.domain.money import yuan
 from cbdc.offline import SecureElement
 from cbdc.offline.messages import OFFLINE_PAYMENT, message_hash
-from cbdc.services import offline, offline_uploads
+from cbdc.services import offline, offline_uploads, verifier
 from cbdc.services.audit import run_audit
 from cbdc.services.context import LedgerContext
 from cbdc.services.funding import withdraw
@@ -317,6 +317,7 @@ def test_large_uploads_are_authenticated_on_worker_processes(
 ) -> None:
     monkeypatch.setattr(offline_uploads, "PARALLEL_VERIFY_MIN", 4)
     monkeypatch.setattr(offline_uploads, "VERIFY_CHUNK", 2)
+    monkeypatch.setattr(verifier, "WORKER_MIN", 2)
     world.wallet("w-max")
     world.wallet("w-shop", funds_yuan=0)
     payers: list[SecureElement] = [world.device(f"max-{n}", "w-max") for n in range(3)]

@@ -143,7 +143,8 @@ def test_repeats_within_one_batch(ledger: LedgerContext) -> None:
 
 def test_forged_payments_in_a_batch_are_refused_first(ledger: LedgerContext) -> None:
     """Step 2 (signature) answers before step 3 and the ledger checks, also in big batches
-    whose signatures are checked on another thread while the rest is checked optimistically."""
+    whose signatures are checked on the verifier process while the rest is checked
+    optimistically."""
     funded_operator(ledger)
     for n in range(2):
         new_wallet(ledger, f"w{n}", 2, phone=f"+86138000003{n:02d}")

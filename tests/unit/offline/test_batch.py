@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from cbdc.domain import signing
 from cbdc.domain.money import yuan
 from cbdc.domain.postings import canonical_json
 from cbdc.offline import DeviceCertificate
@@ -17,7 +18,6 @@ from cbdc.offline.batch import (
     authenticate_many,
     conclude,
     prepare_trusted,
-    verify_signatures,
 )
 from tests.unit.offline.world import LEDGER_ID, World
 
@@ -35,7 +35,7 @@ def _short_path(
     prepared = prepare_trusted(envelope, chains)
     if prepared is None or isinstance(prepared, Refusal):
         return prepared
-    (valid,) = verify_signatures([prepared.triple()])
+    (valid,) = signing.verify_many([prepared.triple()])
     return conclude(envelope, prepared, valid, ledger_id)
 
 

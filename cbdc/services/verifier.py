@@ -1,0 +1,189 @@
+"""Ed25519 checks of a batch's signatures on a worker process, while the batch's own thread runs
+its database checks.
+
+A second thread overlaps them poorly: each check is a short C call after which the thread must
+take the GIL back, and the batch's thread holds it while it runs Python, for up to the
+interpreter's switch interval (5 ms) at a time. The thread got through a few checks per batch,
+and the batch's thread verified the rest itself. A worker process shares no GIL: it takes a
+batch's ``(public key, signed bytes, signature)`` triples in one message over a pipe and
+answers with one verdict per triple.
+
+One worker serves the whole process: ``python -m cbdc.services.verifier``, started on first
+use as a plain child program reading its standard input (not a :mod:`multiprocessing` child,
+which would import the caller's main script again). A process forked after that starts its own.
+Requests carry a number: a thread waiting for its verdicts reads the pipe and files whatever it
+reads under its number, so any number of threads share the worker. If the worker cannot be
+reached (it could not start, or it died), the batch's thread verifies the triples itself: a
+verdict is always a check.
+
+Frames on both pipes are an 8-byte big-endian length, then a pickle: ``(number, triples)`` to
+the worker, ``(number, verdicts)`` back. Both ends are this module.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import itertools
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import IO, Any
+
+from cbdc.domain.signing import verify_many
+
+Triple = tuple[bytes, bytes, bytes]
+
+#: Fewer signatures than this are checked on the caller's thread at once: the round trip to the
+#: worker would cost about as much as it saves.
+WORKER_MIN = 16
+
+_LENGTH_BYTES = 8
+
+
+def _write_frame(stream: IO[bytes], value: Any) -> None:
+    body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(len(body).to_bytes(_LENGTH_BYTES, "big") + body)
+    stream.flush()
+
+
+def _read_frame(stream: IO[bytes]) -> Any:
+    header = stream.read(_LENGTH_BYTES)
+    if len(header) < _LENGTH_BYTES:
+        raise EOFError("the pipe closed")
+    size = int.from_bytes(header, "big")
+    body = stream.read(size)
+    if len(body) < size:
+        raise EOFError("the pipe closed mid-frame")
+    return pickle.loads(body)
+
+
+def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
+    """The worker's loop: one frame of verdicts for each frame of triples, until the input
+    closes (the ledger's process ended or let the worker go)."""
+    while True:
+        try:
+            number, triples = _read_frame(requests)
+        except EOFError:
+            return
+        _write_frame(answers, (number, verify_many(triples)))
+
+
+class _Worker:
+    """The worker program and this process's ends of its pipes."""
+
+    def __init__(self) -> None:
+        source_root = str(Path(__file__).resolve().parents[2])  # where ``cbdc`` is imported from
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(
+            [source_root, *filter(None, [environment.get("PYTHONPATH")])])
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "cbdc.services.verifier"],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment,
+        )
+        assert self.process.stdin is not None and self.process.stdout is not None
+        self.requests: IO[bytes] = self.process.stdin
+        self.answers: IO[bytes] = self.process.stdout
+        self.pid = os.getpid()
+        self._numbers = itertools.count()
+        self._sending = threading.Lock()
+        self._receiving = threading.Lock()
+        self._arrived: dict[int, list[bool]] = {}
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def send(self, triples: list[Triple]) -> int:
+        with self._sending:
+            number = next(self._numbers)
+            _write_frame(self.requests, (number, triples))
+        return number
+
+    def receive(self, number: int) -> list[bool]:
+        with self._receiving:
+            while number not in self._arrived:
+                arrived, verdicts = _read_frame(self.answers)
+                self._arrived[arrived] = verdicts
+            return self._arrived.pop(number)
+
+    def let_go(self) -> None:
+        for stream in (self.requests, self.answers):
+            with contextlib.suppress(OSError):  # a broken pipe: nothing left to flush
+                stream.close()
+
+
+_WORKER: _Worker | None = None
+_STARTING = threading.Lock()
+
+
+def _worker() -> _Worker:
+    global _WORKER
+    with _STARTING:
+        if _WORKER is not None and _WORKER.pid == os.getpid():
+            if _WORKER.alive():
+                return _WORKER
+            _WORKER.let_go()  # it died: start another
+        elif _WORKER is None:
+            atexit.register(_release)
+        _WORKER = _Worker()
+        return _WORKER
+
+
+def _release() -> None:
+    """At exit: close the worker's input, so that it ends, and wait for it."""
+    worker = _WORKER
+    if worker is None or worker.pid != os.getpid():
+        return
+    worker.let_go()
+    try:
+        worker.process.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        worker.process.kill()
+        worker.process.wait()
+
+
+class Pending:
+    """Verdicts being checked on the worker: :meth:`result` waits for them (or, if the worker
+    cannot answer, checks the triples on this thread). Fewer than :data:`WORKER_MIN` are
+    checked here and now."""
+
+    def __init__(self, triples: list[Triple]) -> None:
+        self._triples = triples
+        self._worker: _Worker | None = None
+        self._number = -1
+        self._verdicts: list[bool] | None = None
+        if len(triples) < WORKER_MIN:
+            self._verdicts = verify_many(triples)
+            return
+        try:
+            self._worker = _worker()
+            self._number = self._worker.send(triples)
+        except (OSError, EOFError, ValueError):
+            self._worker = None
+
+    def result(self) -> list[bool]:
+        if self._verdicts is None:
+            self._verdicts = self._from_worker()
+            if self._verdicts is None:
+                self._verdicts = verify_many(self._triples)
+        return self._verdicts
+
+    def _from_worker(self) -> list[bool] | None:
+        if self._worker is None:
+            return None
+        try:
+            verdicts = self._worker.receive(self._number)
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError):
+            return None
+        if len(verdicts) != len(self._triples):  # not this request's: never trust a mix-up
+            return None
+        return verdicts
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the ledger's to handle
+    serve(sys.stdin.buffer, sys.stdout.buffer)
