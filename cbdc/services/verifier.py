@@ -13,11 +13,13 @@ use as a plain child program reading its standard input (not a :mod:`multiproces
 which would import the caller's main script again). A process forked after that starts its own.
 Requests carry a number: a thread waiting for its verdicts reads the pipe and files whatever it
 reads under its number, so any number of threads share the worker. If the worker cannot be
-reached (it could not start, or it died), the batch's thread verifies the triples itself: a
-verdict is always a check.
+reached (it could not start, it died, or it has not answered for
+:data:`ANSWER_TIMEOUT_SECONDS`), the batch's thread verifies the triples itself: a verdict is
+always a check.
 
 Frames on both pipes are an 8-byte big-endian length, then a pickle: ``(number, triples)`` to
-the worker, ``(number, verdicts)`` back. Both ends are this module.
+the worker (its standard input), ``(number, verdicts)`` back (on a pipe of its own, named by
+its one argument). Both ends are this module.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import contextlib
 import itertools
 import os
 import pickle
+import select
 import signal
 import subprocess
 import sys
@@ -42,57 +45,59 @@ Triple = tuple[bytes, bytes, bytes]
 #: worker would cost about as much as it saves.
 WORKER_MIN = 16
 
+#: How long a batch waits for its verdicts before it takes the worker for stuck: the worker is
+#: stopped and the batch verifies its own signatures (a batch takes well under a second).
+ANSWER_TIMEOUT_SECONDS = 60
+
 _LENGTH_BYTES = 8
 
 
-def _write_frame(stream: IO[bytes], value: Any) -> None:
+def _frame(value: Any) -> bytes:
     body = pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
-    stream.write(len(body).to_bytes(_LENGTH_BYTES, "big") + body)
-    stream.flush()
-
-
-def _read_frame(stream: IO[bytes]) -> Any:
-    header = stream.read(_LENGTH_BYTES)
-    if len(header) < _LENGTH_BYTES:
-        raise EOFError("the pipe closed")
-    size = int.from_bytes(header, "big")
-    body = stream.read(size)
-    if len(body) < size:
-        raise EOFError("the pipe closed mid-frame")
-    return pickle.loads(body)
+    return len(body).to_bytes(_LENGTH_BYTES, "big") + body
 
 
 def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
     """The worker's loop: one frame of verdicts for each frame of triples, until the input
     closes (the ledger's process ended or let the worker go)."""
     while True:
-        try:
-            number, triples = _read_frame(requests)
-        except EOFError:
+        header = requests.read(_LENGTH_BYTES)
+        if len(header) < _LENGTH_BYTES:
             return
-        _write_frame(answers, (number, verify_many(triples)))
+        body = requests.read(int.from_bytes(header, "big"))
+        number, triples = pickle.loads(body)
+        answers.write(_frame((number, verify_many(triples))))
+        answers.flush()
 
 
 class _Worker:
-    """The worker program and this process's ends of its pipes."""
+    """The worker program, the pipe to its standard input, and a pipe of its own for the
+    answers (so that nothing it prints while starting can be taken for one)."""
 
     def __init__(self) -> None:
         source_root = str(Path(__file__).resolve().parents[2])  # where ``cbdc`` is imported from
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(
             [source_root, *filter(None, [environment.get("PYTHONPATH")])])
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "cbdc.services.verifier"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=environment,
-        )
-        assert self.process.stdin is not None and self.process.stdout is not None
+        self._answers, theirs = os.pipe()
+        try:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "cbdc.services.verifier", str(theirs)],
+                stdin=subprocess.PIPE, pass_fds=(theirs,), env=environment,
+            )
+        except BaseException:
+            os.close(self._answers)
+            raise
+        finally:
+            os.close(theirs)
+        assert self.process.stdin is not None
         self.requests: IO[bytes] = self.process.stdin
-        self.answers: IO[bytes] = self.process.stdout
         self.pid = os.getpid()
         self._numbers = itertools.count()
         self._sending = threading.Lock()
         self._receiving = threading.Lock()
         self._arrived: dict[int, list[bool]] = {}
+        self._unread = bytearray()
 
     def alive(self) -> bool:
         return self.process.poll() is None
@@ -100,20 +105,40 @@ class _Worker:
     def send(self, triples: list[Triple]) -> int:
         with self._sending:
             number = next(self._numbers)
-            _write_frame(self.requests, (number, triples))
+            self.requests.write(_frame((number, triples)))
+            self.requests.flush()
         return number
 
     def receive(self, number: int) -> list[bool]:
         with self._receiving:
             while number not in self._arrived:
-                arrived, verdicts = _read_frame(self.answers)
+                size = int.from_bytes(self._take(_LENGTH_BYTES), "big")
+                arrived, verdicts = pickle.loads(self._take(size))
                 self._arrived[arrived] = verdicts
             return self._arrived.pop(number)
 
+    def _take(self, size: int) -> bytes:
+        """``size`` bytes of the answers, waiting at most :data:`ANSWER_TIMEOUT_SECONDS` for
+        each read."""
+        waiting = select.poll()
+        waiting.register(self._answers, select.POLLIN)
+        while len(self._unread) < size:
+            if not waiting.poll(ANSWER_TIMEOUT_SECONDS * 1000):
+                self.process.kill()
+                raise EOFError("the verifier did not answer in time")
+            chunk = os.read(self._answers, 1 << 16)
+            if not chunk:
+                raise EOFError("the verifier's pipe closed")
+            self._unread += chunk
+        taken = bytes(self._unread[:size])
+        del self._unread[:size]
+        return taken
+
     def let_go(self) -> None:
-        for stream in (self.requests, self.answers):
-            with contextlib.suppress(OSError):  # a broken pipe: nothing left to flush
-                stream.close()
+        with contextlib.suppress(OSError):  # a broken pipe: nothing left to flush
+            self.requests.close()
+        with contextlib.suppress(OSError):
+            os.close(self._answers)
 
 
 _WORKER: _Worker | None = None
@@ -162,8 +187,8 @@ class Pending:
         try:
             self._worker = _worker()
             self._number = self._worker.send(triples)
-        except (OSError, EOFError, ValueError):
-            self._worker = None
+        except (OSError, EOFError, ValueError, TypeError, subprocess.SubprocessError):
+            self._worker = None  # it could not start, or it died: checked here
 
     def result(self) -> list[bool]:
         if self._verdicts is None:
@@ -186,4 +211,5 @@ class Pending:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the ledger's to handle
-    serve(sys.stdin.buffer, sys.stdout.buffer)
+    with open(int(sys.argv[1]), "wb") as answers_pipe:
+        serve(sys.stdin.buffer, answers_pipe)

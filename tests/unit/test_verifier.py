@@ -9,6 +9,7 @@ import signal
 import threading
 
 import nacl.signing
+import pytest
 
 from cbdc.domain.signing import verify_many
 from cbdc.services import verifier
@@ -77,4 +78,20 @@ def test_a_batch_sent_to_a_worker_that_then_died_is_checked_here() -> None:
     replacement = Pending(triples).result()
     assert replacement == genuine
     assert verifier._WORKER is not worker and verifier._WORKER is not None
+    assert verifier._WORKER.alive()
+
+
+def test_a_worker_that_stops_answering_is_replaced_and_the_batch_checked_here(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(verifier, "ANSWER_TIMEOUT_SECONDS", 0.5)
+    triples, genuine = _triples(4, 30)
+    Pending(triples[:20]).result()
+    stuck = verifier._WORKER
+    assert stuck is not None
+    os.kill(stuck.process.pid, signal.SIGSTOP)
+    assert Pending(triples).result() == genuine
+    assert stuck.process.wait(timeout=10) == -signal.SIGKILL
+    assert Pending(triples).result() == genuine
+    assert verifier._WORKER is not stuck and verifier._WORKER is not None
     assert verifier._WORKER.alive()
