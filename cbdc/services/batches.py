@@ -22,6 +22,8 @@ for a unique key that the batch's locks did not cover, the database refuses the 
 (IntegrityError), or the journal finds the settlement's entry id already posted by the winner
 (``entry_conflict``: it committed between this batch's look at the settlements and its posting),
 and each command is then answered alone, as if it had come second where it did (``after_race``).
+Inside a unit of work the caller holds, a refused unique key goes to the caller instead, whose
+rollback alone can undo what the batch wrote before it (:func:`_undone_or_raise`).
 """
 
 from __future__ import annotations
@@ -170,6 +172,17 @@ def _settled(verdicts: dict[int, bool]) -> Verdicts:
 _LOST_RACE = (IntegrityError, EntryConflict)
 
 
+def _undone_or_raise(refusal: Exception, joined: bool) -> None:
+    """Commands are answered again, one by one, only once the refused attempt has left nothing
+    behind. Its own unit of work was rolled back, and the journal refuses a posted entry id
+    (``entry_conflict``) before the attempt writes anything; but a unique key refused inside a
+    unit of work the caller holds (``joined``) follows the attempt's earlier writes, which only
+    the caller's rollback undoes: the refusal goes to the caller (on PostgreSQL the API runs
+    such a unit again; on SQLite, where writers take turns, it would mean a bug)."""
+    if joined and isinstance(refusal, IntegrityError):
+        raise refusal
+
+
 def _write_or_each_alone(
     context: LedgerContext,
     items: list[ItemT],
@@ -178,12 +191,13 @@ def _write_or_each_alone(
     write: Callable[[Connection, list[ItemT], Answers[AnswerT], Verdicts], None],
     after_race: Callable[[ItemT], AnswerT],
 ) -> None:
+    joined = context.joined()
     try:
         with context.write() as connection:
             write(connection, items, answers, verdicts)
         return
-    except _LOST_RACE:
-        pass
+    except _LOST_RACE as refusal:
+        _undone_or_raise(refusal, joined)
     valid = verdicts.result()
     for item in items:
         if valid[item.index]:
@@ -197,10 +211,12 @@ def _alone(
     after_race: Callable[[ItemT], AnswerT],
 ) -> AnswerT | CbdcError:
     answers: Answers[AnswerT] = [None] * (item.index + 1)
+    joined = context.joined()
     try:
         with context.write() as connection:
             write(connection, [item], answers, all_verified([item]))
-    except _LOST_RACE:
+    except _LOST_RACE as refusal:
+        _undone_or_raise(refusal, joined)
         try:
             return after_race(item)
         except CbdcError as error:

@@ -107,6 +107,11 @@ class LedgerContext:
             finally:
                 _open_unit.reset(token)
 
+    def joined(self) -> bool:
+        """Whether a write unit of work is open on this engine here: a :meth:`write` now would
+        join it."""
+        return id(self.engine) in (_open_unit.get() or {})
+
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A consistent read snapshot; inside a write unit of work, that unit's connection."""

@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, func, select
+from sqlalchemy import func, select
 
 from cbdc.clock import ManualClock
 from cbdc.domain.errors import CbdcError, Conflict
@@ -78,12 +78,12 @@ class InProcessLedger:
         because of the grouping."""
         outcomes: list[Outcome | None] = [None] * len(batch)
         settles_at = max((timed.at for timed in batch), default=None)
-        with self.context.write() as connection:
+        with self.context.write():
             self._open_wallets(batch, outcomes)
             self._requests(batch, outcomes)
             if settles_at is not None:
                 self._funding(batch, outcomes, TopUp, settles_at)
-                self._payments(connection, batch, outcomes, settles_at)
+                self._payments(batch, outcomes, settles_at)
                 self._funding(batch, outcomes, Withdraw, settles_at)
         assert all(outcome is not None for outcome in outcomes), "a command kind not sent"
         return outcomes  # type: ignore[return-value]
@@ -99,8 +99,7 @@ class InProcessLedger:
         )
 
     def _payments(
-        self, connection: Connection, batch: Sequence[Timed], outcomes: list[Outcome | None],
-        settles_at: datetime,
+        self, batch: Sequence[Timed], outcomes: list[Outcome | None], settles_at: datetime,
     ) -> None:
         indices: list[int] = []
         items: list[payments.Command] = []
@@ -117,8 +116,7 @@ class InProcessLedger:
         if not indices:
             return
         self.clock.set(settles_at)
-        with connection.begin_nested():
-            results = payments.settle_batch(self.context, items)
+        results = payments.settle_batch(self.context, items)
         for index, result in zip(indices, results, strict=True):
             outcomes[index] = (Outcome.refused(result.code) if isinstance(result, CbdcError)
                                else _settled(result))

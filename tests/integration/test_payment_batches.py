@@ -13,17 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import Connection, func, select
+from sqlalchemy.exc import IntegrityError
 
 from cbdc.client import Envelope
 from cbdc.clock import ManualClock
 from cbdc.domain.errors import CbdcError
 from cbdc.domain.money import yuan
+from cbdc.services import payments as payments_service
 from cbdc.services.audit import run_audit
 from cbdc.services.context import LedgerContext, open_ledger
 from cbdc.services.funding import top_up
 from cbdc.services.payments import Settlement, settle_payment, settle_payments
-from cbdc.storage.tables import accounts
+from cbdc.storage.tables import accounts, journal_entries
 from tests.conftest import ENGINES, START_OF_TESTS, fresh_database
 from tests.wallet_helpers import Holder, funded_operator, new_wallet
 
@@ -161,4 +163,71 @@ def test_forged_payments_in_a_batch_are_refused_first(ledger: LedgerContext) -> 
     assert codes[-2:] == ["ledger_id_mismatch", "signature_invalid"]
     assert codes[:10] + codes[11:-2] == ["settled"] * 39
     assert _balances(ledger)["w:w1"] == yuan(1_000) + yuan(39)
+    assert run_audit(ledger).ok
+
+
+def _refuse_first_insert(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Make the first write of payment rows fail as a lost race would (a unique key taken by a
+    concurrent unit of work), after the batch has posted its entries; the sizes written."""
+    calls: list[int] = []
+    real = payments_service.insert_payments
+
+    def insert(connection: Connection, rows: list[Any]) -> dict[str, int]:
+        calls.append(len(rows))
+        if len(calls) == 1:
+            raise IntegrityError("INSERT INTO payments", {}, Exception("uq_payments_payment_id"))
+        return real(connection, rows)
+
+    monkeypatch.setattr(payments_service, "insert_payments", insert)
+    return calls
+
+
+def _two_payers(ledger: LedgerContext) -> list[Envelope]:
+    funded_operator(ledger)
+    for n in range(2):
+        new_wallet(ledger, f"w{n}", 2, phone=f"+86138000004{n:02d}")
+        top_up(ledger, f"top-up-{n}", f"w{n}", yuan(1_000))
+    alice = Holder(ledger, "w0")
+    return [alice.payment("w1", yuan(1), f"p{n}") for n in range(20)]
+
+
+def _entry_count(ledger: LedgerContext) -> int:
+    with ledger.read() as connection:
+        return connection.execute(select(func.count()).select_from(journal_entries)).scalar_one()
+
+
+def test_a_batch_refused_by_the_database_is_answered_one_by_one(
+    ledger: LedgerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its own unit of work is rolled back, entries and all, before each payment is settled
+    alone: nothing is posted twice."""
+    batch = _two_payers(ledger)
+    entries_before = _entry_count(ledger)
+    calls = _refuse_first_insert(monkeypatch)
+    results = settle_payments(ledger, batch)
+    assert all(isinstance(result, Settlement) for result in results)
+    assert calls == [20] + [1] * 20
+    assert _entry_count(ledger) == entries_before + 20
+    assert _balances(ledger)["w:w1"] == yuan(1_020)
+    assert run_audit(ledger).ok
+
+
+def test_a_batch_refused_inside_the_callers_unit_of_work_undoes_the_whole_unit(
+    ledger: LedgerContext, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Inside a unit of work the caller holds, the batch's entries were already written when
+    the database refused its rows: settling each payment alone in that same unit would post
+    them twice. The refusal goes to the caller, whose rollback undoes the batch, and the same
+    payments settle once when sent again."""
+    batch = _two_payers(ledger)
+    entries_before, balances_before = _entry_count(ledger), _balances(ledger)
+    calls = _refuse_first_insert(monkeypatch)
+    with pytest.raises(IntegrityError), ledger.write():
+        top_up(ledger, "top-up-in-the-unit", "w1", yuan(5))
+        settle_payments(ledger, batch)
+    assert calls == [20]
+    assert (_entry_count(ledger), _balances(ledger)) == (entries_before, balances_before)
+    results = settle_payments(ledger, batch)
+    assert all(isinstance(result, Settlement) and not result.replayed for result in results)
+    assert _balances(ledger)["w:w1"] == yuan(1_020)
     assert run_audit(ledger).ok
