@@ -16,7 +16,6 @@ Nothing here commits; the unit of work belongs to the service.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -332,12 +331,5 @@ def stored_time(connection: Connection, moment: datetime) -> datetime | str:
     """A time as the database keeps it: SQLite as text in SQLAlchemy's own format (which its
     reader parses back), in UTC."""
     if connection.dialect.name == "sqlite":
-        return _sqlite_time(moment)
+        return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S.%f")
     return moment
-
-
-@functools.lru_cache(maxsize=4_096)
-def _sqlite_time(moment: datetime) -> str:
-    """Remembered: a batch's rows share its settlement time (equal times hash equal, whatever
-    their zone, and give the same UTC text)."""
-    return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S.%f")
