@@ -442,6 +442,11 @@ class PreparedEnvelope:
     def signature_valid(self) -> bool:
         return signing.verify_raw(self.public_key, self.signed_bytes, self.signature)
 
+    def message_jcs(self) -> bytes:
+        """The message's canonical JSON (RFC 8785): the signed bytes after the domain tag and
+        its NUL separator."""
+        return self.signed_bytes.partition(b"\x00")[2]
+
 
 def prepare_envelope(
     envelope: object, expected_domain: str | MessageKind, *, public_key_hex: str | None = None

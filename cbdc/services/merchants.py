@@ -137,7 +137,7 @@ def _prepare_request(
 
     def check() -> _RequestItem:
         check_ledger(context, prepared.message)
-        return _RequestItem(index, signed(prepared.message, envelope))
+        return _RequestItem(index, signed(prepared, envelope))
 
     return checked_later(index, (prepared,), check)
 

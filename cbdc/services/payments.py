@@ -67,6 +67,7 @@ from cbdc.domain.messages import (
     REFUND,
     Envelope,
     Message,
+    PreparedEnvelope,
     parse_time,
     prepare_envelope,
     unchecked_message,
@@ -233,28 +234,31 @@ def _prepare(context: LedgerContext, index: int, command: Command) -> Prepared[_
     if isinstance(command, MerchantRefund):
         refund = prepare_envelope(command.envelope, REFUND)
         return checked_later(index, (refund,),
-                             lambda: _refund_item(context, index, refund.message, command))
+                             lambda: _refund_item(context, index, refund, command))
     prepared = prepare_envelope(command, PAYMENT)
     return checked_later(index, (prepared,),
-                         lambda: _payment_item(context, index, prepared.message, command))
+                         lambda: _payment_item(context, index, prepared, command))
 
 
 def _payment_item(
-    context: LedgerContext, index: int, message: Message, envelope: Mapping[str, Any]
+    context: LedgerContext, index: int, prepared: PreparedEnvelope,
+    envelope: Mapping[str, Any],
 ) -> _Item:
     """Step 3, answered only once the signature is known to be good."""
+    message = prepared.message
     check_ledger(context, message)
     if message["payer"] == message["payee"]:
         raise InvalidRequest("a wallet cannot pay itself", code="payee_invalid", field="payee")
-    return _Item(index, "payment", signed(message, envelope), message["payment_id"],
+    return _Item(index, "payment", signed(prepared, envelope), message["payment_id"],
                  message["payer"], message["payee"])
 
 
 def _refund_item(
-    context: LedgerContext, index: int, message: Message, command: MerchantRefund
+    context: LedgerContext, index: int, prepared: PreparedEnvelope, command: MerchantRefund
 ) -> _Item:
+    message = prepared.message
     check_ledger(context, message)
-    return _Item(index, "refund", signed(message, command.envelope), message["refund_id"],
+    return _Item(index, "refund", signed(prepared, command.envelope), message["refund_id"],
                  message["merchant"], "", refund_of=message["payment_id"])
 
 
@@ -271,9 +275,9 @@ def _prepare_capture(context: LedgerContext, index: int, command: CodeCapture) -
         check_ledger(context, code.message)
         check_ledger(context, capture.message)
         check_capture_matches(code.message, capture.message)
-        return _Item(index, "capture", signed(capture.message, command.capture),
+        return _Item(index, "capture", signed(capture, command.capture),
                      capture.message["capture_id"], code.message["payer"],
-                     capture.message["merchant"], code=signed(code.message, command.code))
+                     capture.message["merchant"], code=signed(code, command.code))
 
     return checked_later(index, (code, capture), check)
 
@@ -639,12 +643,16 @@ class Signed:
     signature: str
 
 
-def signed(message: Message, envelope: Mapping[str, Any]) -> Signed:
-    """The fingerprint is sha256 of sorted-key, ASCII-escaped JSON, not of the JCS bytes that
-    were signed (the pure-Python JCS encoder costs as much as a database write): a validated
-    message holds only strings and integers, so equal messages always hash equal."""
-    text = canonical_json(message)
-    return Signed(message, text.decode("ascii"), hashlib.sha256(text).hexdigest(),
+def signed(prepared: PreparedEnvelope, envelope: Mapping[str, Any]) -> Signed:
+    """The message as stored, its fingerprint and its signature. The stored text and the
+    fingerprint (sha256 of the text) are of sorted-key, ASCII-escaped JSON: for a message that
+    is all ASCII (nearly every one) that is byte for byte the JCS the signature covers, which
+    :func:`prepare_envelope` has made already; otherwise it is encoded here. A validated message
+    holds only strings and integers, so equal messages always hash equal."""
+    text = prepared.message_jcs()
+    if not text.isascii():
+        text = canonical_json(prepared.message)
+    return Signed(prepared.message, text.decode("ascii"), hashlib.sha256(text).hexdigest(),
                   str(envelope["signature"]))
 
 

@@ -1,0 +1,30 @@
+"""How a signed message is stored: the text kept in its row and the fingerprint its repeats are
+recognised by are sorted-key, ASCII-escaped JSON, whether or not the message was all ASCII."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from cbdc.client import build_payment
+from cbdc.domain.messages import PAYMENT, prepare_envelope
+from cbdc.domain.postings import canonical_json
+from cbdc.services.payments import signed
+from tests.unit.samples import CUSTOMER, LEDGER_ID, MORNING
+
+
+@pytest.mark.parametrize("memo", [None, "lunch", "早餐 ☕ for two", "café \\ \"quoted\""])
+def test_the_stored_text_and_fingerprint_are_the_escaped_canonical_json(memo: str | None) -> None:
+    envelope = build_payment(
+        CUSTOMER, ledger_id=LEDGER_ID, payment_id="pay-1", payer="p1", payee="m1",
+        amount_fen=2_350, sequence=1, created_at=MORNING, memo=memo,
+    )
+    prepared = prepare_envelope(envelope, PAYMENT)
+    stored = signed(prepared, envelope)
+    expected = canonical_json(envelope["message"])
+    assert stored.message_json.encode("ascii") == expected
+    assert stored.message_hash == hashlib.sha256(expected).hexdigest()
+    assert stored.signature == envelope["signature"]
+    if memo is not None and not memo.isascii():
+        assert prepared.message_jcs() != expected  # the signed JCS keeps the characters as UTF-8
