@@ -57,7 +57,10 @@ class Limits:
     def tightened(self, other: Limits) -> Limits:
         """The stricter of the two caps, field by field (``None`` is the loosest)."""
         return Limits(
-            *(_tighter(getattr(self, f.name), getattr(other, f.name)) for f in fields(Limits))
+            _tighter(self.balance_fen_max, other.balance_fen_max),
+            _tighter(self.payment_fen_max, other.payment_fen_max),
+            _tighter(self.daily_outgoing_fen_max, other.daily_outgoing_fen_max),
+            _tighter(self.annual_outgoing_fen_max, other.annual_outgoing_fen_max),
         )
 
     def as_dict(self) -> dict[str, int | None]:
