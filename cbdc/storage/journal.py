@@ -329,7 +329,8 @@ def recorded_entry(connection: Connection, draft: EntryDraft) -> PostedEntry | N
 
 def stored_time(connection: Connection, moment: datetime) -> datetime | str:
     """A time as the database keeps it: SQLite as text in SQLAlchemy's own format (which its
-    reader parses back), in UTC."""
+    reader parses back: ``YYYY-MM-DD HH:MM:SS.ffffff``, the year always four digits), in UTC.
+    ``isoformat`` writes exactly that, in C, about twice as fast as ``strftime``."""
     if connection.dialect.name == "sqlite":
-        return as_utc(moment).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return as_utc(moment).replace(tzinfo=None).isoformat(" ", "microseconds")
     return moment
