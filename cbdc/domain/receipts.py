@@ -23,6 +23,7 @@ from cbdc.domain.messages import (
     validate_message,
     verify_envelope,
 )
+from cbdc.domain.postings import canonical_json
 from cbdc.domain.signing import signed_bytes
 
 
@@ -101,12 +102,43 @@ def sign_receipt(
     The settlement hot path signs one receipt per payment from values the ledger has already
     validated (the payment message, its own rows and hashes), so it skips re-validating them;
     tests check that what it signs passes :func:`verify_receipt`."""
+    envelope, _ = sign_receipt_json(
+        ledger_key, ledger_id=ledger_id, receipt_for=receipt_for, kind=kind, payer=payer,
+        payee=payee, amount_fen=amount_fen, entry_seq=entry_seq, entry_hash=entry_hash,
+        settled_at=settled_at,
+    )
+    return envelope
+
+
+def sign_receipt_json(
+    ledger_key: LedgerKey,
+    *,
+    ledger_id: str,
+    receipt_for: str,
+    kind: str,
+    payer: str,
+    payee: str,
+    amount_fen: int,
+    entry_seq: int,
+    entry_hash: str,
+    settled_at: datetime,
+) -> tuple[Envelope, str]:
+    """:func:`sign_receipt`, and the envelope as canonical ASCII JSON (what the ledger stores).
+
+    A receipt is all ASCII (ids, hex, integers, times), so the stored JSON is written around
+    the JCS bytes just signed: ``{"message":<JCS>,"signature":"<hex>"}``, keys in order, the
+    same bytes :func:`~cbdc.domain.postings.canonical_json` would write."""
     message = _receipt(
         ledger_id=ledger_id, receipt_for=receipt_for, kind=kind, payer=payer, payee=payee,
         amount_fen=amount_fen, entry_seq=entry_seq, entry_hash=entry_hash, settled_at=settled_at,
     )
-    return {"message": message, "signature": ledger_key.sign_bytes(
-        signed_bytes(RECEIPT, message)).hex()}
+    signed = signed_bytes(RECEIPT, message)
+    signature = ledger_key.sign_bytes(signed).hex()
+    envelope: Envelope = {"message": message, "signature": signature}
+    jcs = signed.partition(b"\x00")[2]
+    if not jcs.isascii():  # not a receipt the ledger writes; kept correct all the same
+        return envelope, canonical_json(envelope).decode("ascii")
+    return envelope, f'{{"message":{jcs.decode("ascii")},"signature":"{signature}"}}'
 
 
 def verify_receipt(receipt_envelope: object, ledger_public_key_hex: str) -> Message:

@@ -73,7 +73,7 @@ from cbdc.domain.messages import (
     unchecked_message,
 )
 from cbdc.domain.postings import EntryDraft, canonical_json, transfer
-from cbdc.domain.receipts import LedgerKey, sign_receipt
+from cbdc.domain.receipts import LedgerKey, sign_receipt_json
 from cbdc.domain.settlement import Party, TransferPlan, plan_transfer
 from cbdc.domain.tiers import Limits, Usage
 from cbdc.services.batches import (
@@ -754,7 +754,7 @@ def settled_row(
     original_id: int | None = None,
 ) -> tuple[Settlement, NewPayment]:
     """The ledger-signed receipt for a posted settlement, its answer, and its payment row."""
-    receipt = sign_receipt(
+    receipt, receipt_json = sign_receipt_json(
         ledger_key(context),
         ledger_id=context.ledger_id,
         receipt_for=payment_id,
@@ -781,7 +781,7 @@ def settled_row(
         original_id=original_id,
         topped_up_fen=plan.topped_up_fen,
         swept_fen=plan.swept_fen,
-        receipt_json=canonical_json(receipt).decode("ascii"),
+        receipt_json=receipt_json,
         settled_at=entry.created_at,
     )
     settlement = Settlement(
