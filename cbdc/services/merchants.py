@@ -58,7 +58,6 @@ from cbdc.domain.messages import (
     parse_time,
     prepare_envelope,
 )
-from cbdc.domain.postings import canonical_json
 from cbdc.domain.qr import encode_qr
 from cbdc.services.batches import (
     Answers,
@@ -210,7 +209,7 @@ def _check_request(batch: _RequestBatch, item: _RequestItem, now: datetime) -> P
         request_id=created.request_id, merchant_wallet_row_id=merchant.id, key_id=key.id,
         amount_fen=created.amount_fen, reference=created.reference, expires_at=expires_at,
         message_hash=item.signed.message_hash,
-        envelope_json=canonical_json(stored).decode("ascii"), created_at=now,
+        envelope_json=item.signed.envelope_json(), created_at=now,
     ))
     return created
 

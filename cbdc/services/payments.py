@@ -642,6 +642,12 @@ class Signed:
     message_hash: str
     signature: str
 
+    def envelope_json(self) -> str:
+        """The envelope as sorted-key, ASCII-escaped JSON (what ``canonical_json`` writes for
+        it), written around the message's text: ``message`` sorts before ``signature``, and a
+        signature is lowercase hex."""
+        return f'{{"message":{self.message_json},"signature":"{self.signature}"}}'
+
 
 def signed(prepared: PreparedEnvelope, envelope: Mapping[str, Any]) -> Signed:
     """The message as stored, its fingerprint and its signature. The stored text and the

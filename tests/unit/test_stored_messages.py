@@ -44,3 +44,15 @@ def test_a_stored_receipt_is_the_canonical_json_of_the_envelope_handed_out(kind:
     assert text == canonical_json(envelope).decode("ascii")
     assert json.loads(text) == envelope
     assert verify_receipt(json.loads(text), LEDGER.public_key_hex) == envelope["message"]
+
+
+@pytest.mark.parametrize("memo", [None, "早餐 ☕"])
+def test_a_stored_envelope_is_the_canonical_json_of_the_envelope_received(
+    memo: str | None,
+) -> None:
+    envelope = build_payment(
+        CUSTOMER, ledger_id=LEDGER_ID, payment_id="pay-2", payer="p1", payee="m1",
+        amount_fen=100, sequence=2, created_at=MORNING, memo=memo,
+    )
+    stored = signed(prepare_envelope(envelope, PAYMENT), envelope)
+    assert stored.envelope_json() == canonical_json(envelope).decode("ascii")
