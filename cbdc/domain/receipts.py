@@ -47,7 +47,7 @@ def build_receipt(
 ) -> Message:
     """The unsigned receipt message, validated."""
     return validate_message(
-        _receipt(
+        receipt_message(
             ledger_id=ledger_id, receipt_for=receipt_for, kind=kind, payer=payer, payee=payee,
             amount_fen=amount_fen, entry_seq=entry_seq, entry_hash=entry_hash,
             settled_at=settled_at,
@@ -56,7 +56,7 @@ def build_receipt(
     )
 
 
-def _receipt(
+def receipt_message(
     *,
     ledger_id: str,
     receipt_for: str,
@@ -68,6 +68,8 @@ def _receipt(
     entry_hash: str,
     settled_at: datetime,
 ) -> dict[str, Any]:
+    """The unsigned receipt message, not validated: for values the ledger has validated already
+    (see :func:`sign_receipt`)."""
     return {
         "version": PROTOCOL_VERSION,
         "domain": RECEIPT,
@@ -102,36 +104,21 @@ def sign_receipt(
     The settlement hot path signs one receipt per payment from values the ledger has already
     validated (the payment message, its own rows and hashes), so it skips re-validating them;
     tests check that what it signs passes :func:`verify_receipt`."""
-    envelope, _ = sign_receipt_json(
-        ledger_key, ledger_id=ledger_id, receipt_for=receipt_for, kind=kind, payer=payer,
-        payee=payee, amount_fen=amount_fen, entry_seq=entry_seq, entry_hash=entry_hash,
-        settled_at=settled_at,
+    message = receipt_message(
+        ledger_id=ledger_id, receipt_for=receipt_for, kind=kind, payer=payer, payee=payee,
+        amount_fen=amount_fen, entry_seq=entry_seq, entry_hash=entry_hash, settled_at=settled_at,
     )
+    envelope, _ = sign_receipt_json(ledger_key, message)
     return envelope
 
 
-def sign_receipt_json(
-    ledger_key: LedgerKey,
-    *,
-    ledger_id: str,
-    receipt_for: str,
-    kind: str,
-    payer: str,
-    payee: str,
-    amount_fen: int,
-    entry_seq: int,
-    entry_hash: str,
-    settled_at: datetime,
-) -> tuple[Envelope, str]:
-    """:func:`sign_receipt`, and the envelope as canonical ASCII JSON (what the ledger stores).
+def sign_receipt_json(ledger_key: LedgerKey, message: Message) -> tuple[Envelope, str]:
+    """Sign a :func:`receipt_message`; return the envelope, and the envelope as canonical ASCII
+    JSON (what the ledger stores).
 
     A receipt is all ASCII (ids, hex, integers, times), so the stored JSON is written around
     the JCS bytes just signed: ``{"message":<JCS>,"signature":"<hex>"}``, keys in order, the
     same bytes :func:`~cbdc.domain.postings.canonical_json` would write."""
-    message = _receipt(
-        ledger_id=ledger_id, receipt_for=receipt_for, kind=kind, payer=payer, payee=payee,
-        amount_fen=amount_fen, entry_seq=entry_seq, entry_hash=entry_hash, settled_at=settled_at,
-    )
     signed = signed_bytes(RECEIPT, message)
     signature = ledger_key.sign_bytes(signed).hex()
     envelope: Envelope = {"message": message, "signature": signature}

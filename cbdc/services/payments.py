@@ -73,7 +73,7 @@ from cbdc.domain.messages import (
     unchecked_message,
 )
 from cbdc.domain.postings import EntryDraft, canonical_json, transfer
-from cbdc.domain.receipts import LedgerKey, sign_receipt_json
+from cbdc.domain.receipts import LedgerKey, receipt_message, sign_receipt_json
 from cbdc.domain.settlement import Party, TransferPlan, plan_transfer
 from cbdc.domain.tiers import Limits, Usage
 from cbdc.services.batches import (
@@ -760,8 +760,7 @@ def settled_row(
     original_id: int | None = None,
 ) -> tuple[Settlement, NewPayment]:
     """The ledger-signed receipt for a posted settlement, its answer, and its payment row."""
-    receipt, receipt_json = sign_receipt_json(
-        ledger_key(context),
+    receipt, receipt_json = sign_receipt_json(ledger_key(context), receipt_message(
         ledger_id=context.ledger_id,
         receipt_for=payment_id,
         kind=kind,
@@ -771,7 +770,7 @@ def settled_row(
         entry_seq=entry.seq,
         entry_hash=entry.entry_hash,
         settled_at=entry.created_at,
-    )
+    ))
     row = NewPayment(
         payment_id=payment_id,
         kind=kind,

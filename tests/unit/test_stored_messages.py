@@ -13,7 +13,7 @@ import pytest
 from cbdc.client import build_payment
 from cbdc.domain.messages import PAYMENT, prepare_envelope
 from cbdc.domain.postings import canonical_json
-from cbdc.domain.receipts import sign_receipt_json, verify_receipt
+from cbdc.domain.receipts import receipt_message, sign_receipt_json, verify_receipt
 from cbdc.services.payments import signed
 from tests.unit.samples import CUSTOMER, LEDGER, LEDGER_ID, MORNING
 
@@ -36,11 +36,11 @@ def test_the_stored_text_and_fingerprint_are_the_escaped_canonical_json(memo: st
 
 @pytest.mark.parametrize("kind", ["payment", "capture", "refund"])
 def test_a_stored_receipt_is_the_canonical_json_of_the_envelope_handed_out(kind: str) -> None:
-    envelope, text = sign_receipt_json(
-        LEDGER, ledger_id=LEDGER_ID, receipt_for=f"{kind}-9", kind=kind, payer="p12",
-        payee="m3", amount_fen=99_999, entry_seq=123_456, entry_hash="7f" * 32,
+    envelope, text = sign_receipt_json(LEDGER, receipt_message(
+        ledger_id=LEDGER_ID, receipt_for=f"{kind}-9", kind=kind, payer="p12", payee="m3",
+        amount_fen=99_999, entry_seq=123_456, entry_hash="7f" * 32,
         settled_at=MORNING + timedelta(microseconds=1),
-    )
+    ))
     assert text == canonical_json(envelope).decode("ascii")
     assert json.loads(text) == envelope
     assert verify_receipt(json.loads(text), LEDGER.public_key_hex) == envelope["message"]
