@@ -194,11 +194,11 @@ def _parts(commands: Sequence[Command]) -> list[Sequence[Command]]:
     """``commands`` cut before each refund of a settlement an earlier command of its part
     makes (as far as the unchecked envelopes tell: a wrong guess only costs a cut)."""
     parts: list[Sequence[Command]] = []
-    start, made = 0, set[Any]()
+    start, made = 0, set[str]()
     for index, command in enumerate(commands):
         if isinstance(command, MerchantRefund) and _named(command.envelope, "payment_id") in made:
             parts.append(commands[start:index])
-            start, made = index, set[Any]()
+            start, made = index, set[str]()
         if isinstance(command, CodeCapture):
             made.add(_named(command.capture, "capture_id"))
         elif isinstance(command, MerchantRefund):
@@ -209,8 +209,12 @@ def _parts(commands: Sequence[Command]) -> list[Sequence[Command]]:
     return parts
 
 
-def _named(envelope: Any, field_name: str) -> Any:
-    return unchecked_message(envelope).get(field_name)
+def _named(envelope: Any, field_name: str) -> str:
+    """The id an unchecked envelope names in ``field_name``; "" if it names none as a string
+    (such an envelope is refused when it is checked, whatever the sender put there: a list, an
+    object, a number)."""
+    value = unchecked_message(envelope).get(field_name)
+    return value if isinstance(value, str) else ""
 
 
 @dataclass(frozen=True, slots=True)

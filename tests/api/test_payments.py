@@ -183,6 +183,22 @@ def test_a_batch_settles_the_good_and_answers_each_refusal(
                                headers=money_headers(keys.bank_a)), 422, "request_invalid")
 
 
+def test_a_batch_with_a_list_as_a_payment_id_answers_it_and_settles_the_rest(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock, ledger: LedgerContext
+) -> None:
+    good = payment(parties, clock, "batch-odd-1", 100, 1)
+    odd = payment(parties, clock, "batch-odd-2", 100, 2)
+    odd = {**odd, "message": {**odd["message"], "payment_id": ["batch-odd-2"]}}
+    length = journal_length(ledger)
+    response = client.post("/v1/payments/batch", json={"payments": [good, odd]},
+                           headers=money_headers(keys.bank_a))
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert [r["status"] for r in results] == [201, 400]
+    assert results[1]["problem"]["code"] == "field_invalid"
+    assert journal_length(ledger) == length + 1
+
+
 def test_merchant_presented_qr_is_paid_once(
     client: TestClient, keys: Keys, parties: Parties, clock: ManualClock
 ) -> None:

@@ -24,7 +24,13 @@ from cbdc.services import payments as payments_service
 from cbdc.services.audit import run_audit
 from cbdc.services.context import LedgerContext, open_ledger
 from cbdc.services.funding import top_up
-from cbdc.services.payments import Settlement, settle_payment, settle_payments
+from cbdc.services.payments import (
+    MerchantRefund,
+    Settlement,
+    settle_batch,
+    settle_payment,
+    settle_payments,
+)
 from cbdc.storage.tables import accounts, journal_entries
 from tests.conftest import ENGINES, START_OF_TESTS, fresh_database
 from tests.wallet_helpers import Holder, funded_operator, new_wallet
@@ -230,4 +236,26 @@ def test_a_batch_refused_inside_the_callers_unit_of_work_undoes_the_whole_unit(
     results = settle_payments(ledger, batch)
     assert all(isinstance(result, Settlement) and not result.replayed for result in results)
     assert _balances(ledger)["w:w1"] == yuan(1_020)
+    assert run_audit(ledger).ok
+
+
+def test_a_batch_with_ids_of_the_wrong_type_refuses_those_and_settles_the_rest(
+    ledger: LedgerContext,
+) -> None:
+    """Ids that are lists, objects or numbers (found by schemathesis: a list as a payment id
+    crashed the batch with a TypeError) are refused as malformed; the others settle."""
+    batch = _two_payers(ledger)[:4]
+    odd_ids: list[Any] = [["p-list"], {"id": "p-object"}, 7]
+    malformed = [dict(envelope, message={**envelope["message"], "payment_id": odd})
+                 for envelope, odd in zip(batch[1:], odd_ids, strict=True)]
+    refund = MerchantRefund({"message": {"payment_id": ["p0"], "refund_id": {"r": 1}},
+                             "signature": "00" * 64})
+    entries_before = _entry_count(ledger)
+    results = settle_batch(ledger, [batch[0], *malformed, refund])
+    assert isinstance(results[0], Settlement) and not results[0].replayed
+    codes = [r.code if isinstance(r, CbdcError) else "settled" for r in results[1:]]
+    assert codes[:3] == ["field_invalid"] * 3
+    assert codes[3] != "settled"
+    assert _entry_count(ledger) == entries_before + 1
+    assert _balances(ledger)["w:w1"] == yuan(1_000) + yuan(1)
     assert run_audit(ledger).ok
