@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import multiprocessing
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -41,6 +41,7 @@ from sqlalchemy import Connection, bindparam, insert, update
 from sqlalchemy.exc import IntegrityError
 
 from cbdc.domain.errors import CbdcError
+from cbdc.domain.messages import unchecked_message
 from cbdc.domain.postings import EntryDraft, canonical_json
 from cbdc.offline.batch import (
     Authenticated,
@@ -270,8 +271,7 @@ def _trusted_chains(
     context: LedgerContext, connection: Connection, envelopes: Sequence[Any]
 ) -> dict[str, TrustedChain]:
     """The certificate pairs the ledger issued to the devices the envelopes name."""
-    named = {envelope["message"].get("payer_device") for envelope in envelopes
-             if isinstance(envelope, Mapping) and isinstance(envelope.get("message"), Mapping)}
+    named = [unchecked_message(envelope).get("payer_device") for envelope in envelopes]
     devices = load_devices(connection, {d for d in named if isinstance(d, str)})
     chains = {}
     for device in devices.values():
