@@ -39,6 +39,8 @@ from cbdc.offline.verification import (
     authenticate_offline_payment,
     best_effort_hash,
     check_names_certified,
+    claimed_amount_fen,
+    claimed_counter,
 )
 
 
@@ -258,13 +260,11 @@ def _chain_key(envelope: Any) -> str | None:
 def _refusal(envelope: Any, code: str, detail: str) -> Refusal:
     message = unchecked_message(envelope)
     device = message.get("payer_device")
-    counter = message.get("counter")
-    amount = message.get("amount_fen")
     return Refusal(
         code=code,
         detail=detail,
         digest=best_effort_hash(envelope, message),
         payer_device=device if isinstance(device, str) else None,
-        counter=counter if isinstance(counter, int) and not isinstance(counter, bool) else None,
-        amount_fen=amount if isinstance(amount, int) and not isinstance(amount, bool) else 0,
+        counter=claimed_counter(message),
+        amount_fen=claimed_amount_fen(message),
     )

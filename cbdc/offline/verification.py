@@ -25,7 +25,8 @@ from cbdc.domain.errors import (
     InvalidRequest,
     OfflineRefused,
 )
-from cbdc.domain.messages import unchecked_message
+from cbdc.domain.messages import COUNTER_MAX, unchecked_message
+from cbdc.domain.money import AMOUNT_FEN_MAX
 from cbdc.offline import messages
 from cbdc.offline.certificates import (
     DeviceCertificate,
@@ -417,21 +418,34 @@ def _record_forged(
     if digest in seen:
         return
     seen.add(digest)
-    counter = message.get("counter")
-    amount = message.get("amount_fen")
-    counters: tuple[int, ...] = (
-        (counter,) if isinstance(counter, int) and not isinstance(counter, bool) else ()
-    )
+    counter = claimed_counter(message)
     findings.append(
         Finding(
             code=FindingCode.FORGED,
             device_id=device_id,
-            counters=counters,
+            counters=() if counter is None else (counter,),
             payment_hashes=(digest,),
-            amount_fen=amount if isinstance(amount, int) and not isinstance(amount, bool) else 0,
+            amount_fen=claimed_amount_fen(message),
             detail=f"not a payment of a certified device: {error}",
         )
     )
+
+
+def claimed_counter(message: Mapping[str, Any]) -> int | None:
+    """The counter an unchecked (refused) payment claims, if it is one a payment could carry."""
+    return _claimed(message.get("counter"), COUNTER_MAX)
+
+
+def claimed_amount_fen(message: Mapping[str, Any]) -> int:
+    """The amount an unchecked (refused) payment claims, if it is one a payment could carry;
+    else 0. A fraud case adds these up, so no claim may be of an amount the ledger cannot hold."""
+    return _claimed(message.get("amount_fen"), AMOUNT_FEN_MAX) or 0
+
+
+def _claimed(value: object, maximum: int) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= maximum:
+        return value
+    return None
 
 
 def best_effort_hash(envelope: Any, message: Mapping[str, Any]) -> str:

@@ -43,6 +43,7 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from cbdc.domain.errors import CbdcError, CertificateRefused, OfflineRefused
+from cbdc.domain.money import AMOUNT_FEN_MAX
 from cbdc.domain.postings import EntryDraft, Posting, transfer
 from cbdc.domain.settlement import Party, TransferPlan, plan_transfer
 from cbdc.offline import (
@@ -303,7 +304,9 @@ class SettlementRun:
             return
         case["hashes"] = sorted(known | set(fresh))
         case["counters"] |= set(counters)
-        case["amount_fen"] += sum(amount_of(digest) for digest in fresh)
+        # Forged payments' claims count too; the total stops at the most an account can hold.
+        case["amount_fen"] = min(AMOUNT_FEN_MAX,
+                                 case["amount_fen"] + sum(amount_of(digest) for digest in fresh))
         case["detail"] = detail
         case["changed"] = True
 
