@@ -213,3 +213,22 @@ def test_a_fraud_case_adds_claimed_amounts_up_to_what_an_account_can_hold(
     assert (case.device_id, case.code) == ("gus-card", "offline_forged")
     assert case.amount_fen == AMOUNT_FEN_MAX
     assert run_audit(ledger).ok
+
+
+def test_spoilt_unload_statements_are_refused_and_the_genuine_one_is_accepted(
+    ledger: LedgerContext,
+) -> None:
+    world = OfflineLedger(ledger)
+    world.wallet("w-ivy")
+    card = world.device("ivy-card", "w-ivy")
+    world.load(card, yuan(40))
+    statement = card.unload(ledger.now())
+    entries = _count(ledger, journal_entries)
+    for spoilt in malformed(statement):
+        with pytest.raises(CbdcError):
+            offline.unload_device(ledger, spoilt)
+    assert _count(ledger, journal_entries) == entries
+    held = world.balance("w-ivy")
+    assert offline.unload_device(ledger, statement).returned_fen == yuan(40)
+    assert world.balance("w-ivy") == held + yuan(40)
+    assert run_audit(ledger).ok
