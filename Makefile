@@ -41,7 +41,7 @@ test: $(VENV)/.installed-test postgres-binaries lint types
 
 # Deeper Hypothesis runs than the bounded CI profile.
 soak: $(VENV)/.installed-test postgres-binaries
-	HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -q tests/property $(PYTEST_ARGS)
+	HYPOTHESIS_PROFILE=soak $(BIN)/python -m pytest -q tests/property tests/api/test_schemathesis.py $(PYTEST_ARGS)
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python -m benchmarks
