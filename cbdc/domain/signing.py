@@ -134,14 +134,12 @@ def verify(public_key: bytes, domain: str, message: Mapping[str, Any], signature
     """Raise InvalidSignature unless ``signature`` is ``public_key``'s over ``message``."""
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_BYTES:
         raise InvalidSignature("an Ed25519 signature is 64 bytes")
-    try:
-        nacl.signing.VerifyKey(public_key).verify(signed_bytes(domain, message), signature)
-    except (nacl.exceptions.BadSignatureError, ValueError, TypeError) as exc:
-        raise InvalidSignature("signature does not verify") from exc
+    if not verify_raw(public_key, signed_bytes(domain, message), signature):
+        raise InvalidSignature("signature does not verify")
 
 
 def verify_raw(public_key: bytes, data: bytes, signature: bytes) -> bool:
-    """Plain Ed25519 verification of bytes (for RFC 8032 vectors and benchmarks)."""
+    """Plain Ed25519 verification of bytes: the one place the ledger asks libsodium."""
     try:
         nacl.signing.VerifyKey(public_key).verify(data, signature)
     except (nacl.exceptions.BadSignatureError, ValueError, TypeError):

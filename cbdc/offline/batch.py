@@ -24,9 +24,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import nacl.exceptions
-import nacl.signing
-
 from cbdc.domain import signing
 from cbdc.domain.errors import CbdcError, InvalidSignature
 from cbdc.domain.messages import unchecked_message
@@ -237,10 +234,8 @@ def _authenticate(
     )
     check_names_certified(message, certificate)
     signed = signing.signed_bytes(OFFLINE_PAYMENT, message)
-    try:
-        nacl.signing.VerifyKey(certificate.public_key).verify(signed, signature)
-    except (nacl.exceptions.BadSignatureError, ValueError, TypeError) as exc:
-        raise InvalidSignature("signature does not verify") from exc
+    if not signing.verify_raw(certificate.public_key, signed, signature):
+        raise InvalidSignature("signature does not verify")
     return VerifiedPayment(hashlib.sha256(signed).hexdigest(), message, signature,
                            certificate, operator_certificate)
 
