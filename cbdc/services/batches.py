@@ -156,6 +156,8 @@ class _Verification(Generic[ItemT]):
     def result(self) -> dict[int, bool]:
         if self._verdicts is None:
             flat = iter(self._pending.result())
+            # A list, not a generator: all() would stop at a bad signature and leave the rest
+            # of that command's verdicts to the next command.
             self._verdicts = {
                 each.index: all([next(flat) for _ in each.envelopes]) for each in self._prepared
             }

@@ -177,8 +177,8 @@ def settle_batch(
     before it been settled one by one: the checks run in the same order against the batch's
     running state (balances, counters, sequences, requests paid, codes used). Refused commands
     change nothing; the others are posted together, in one :func:`post_entries` call, which is
-    what makes batches fast. Signatures are checked on a second thread
-    (:mod:`cbdc.services.batches`).
+    what makes batches fast. Signatures are checked on the verifier process meanwhile
+    (:mod:`cbdc.services.batches`, :mod:`cbdc.services.verifier`).
 
     A refund that names a settlement made earlier in the same batch is answered once the
     commands before it are recorded: the batch is cut there and its rest settled after, in the
