@@ -63,6 +63,18 @@ class OfflineLedger:
         self.wallet_of[device_id] = wallet_id
         return element
 
+    def card_and_till(
+        self, customer: str, merchant: str, load_fen: int
+    ) -> tuple[SecureElement, SecureElement]:
+        """A customer's card loaded with ``load_fen`` and a merchant's till, each on a wallet of
+        its own (``w-<name>``; the merchant's starts empty)."""
+        self.wallet(f"w-{customer}")
+        self.wallet(f"w-{merchant}", funds_yuan=0)
+        card = self.device(f"{customer}-card", f"w-{customer}")
+        till = self.device(f"{merchant}-till", f"w-{merchant}")
+        self.load(card, load_fen)
+        return card, till
+
     def load(self, element: SecureElement, amount_fen: int) -> dict[str, Any]:
         receipt = offline.load_device(self.ledger, f"load-{next(self._ids)}",
                                       element.device_id, amount_fen)

@@ -177,11 +177,7 @@ def test_spoilt_offline_payments_are_refused_and_the_genuine_one_settles(
     """Uploaded by the payee's till: the device each one names (a list, an object, text where a
     counter belongs, ...) is read from the unchecked message only to find certificates."""
     world = OfflineLedger(ledger)
-    world.wallet("w-fay")
-    world.wallet("w-stall", funds_yuan=0)
-    card = world.device("fay-card", "w-fay")
-    till = world.device("stall-till", "w-stall")
-    world.load(card, yuan(50))
+    card, till = world.card_and_till("fay", "stall", yuan(50))
     genuine = world.pay(card, till, yuan(5))
     spoilt = malformed(genuine)
     report = world.upload(till, [*spoilt, genuine])
@@ -198,11 +194,7 @@ def test_a_fraud_case_adds_claimed_amounts_up_to_what_an_account_can_hold(
     names them all, and its total stops at that amount (the database could not hold the sum of
     a thousand of them)."""
     world = OfflineLedger(ledger)
-    world.wallet("w-gus")
-    world.wallet("w-kiosk", funds_yuan=0)
-    card = world.device("gus-card", "w-gus")
-    kiosk = world.device("kiosk-till", "w-kiosk")
-    world.load(card, yuan(50))
+    card, kiosk = world.card_and_till("gus", "kiosk", yuan(50))
     genuine = world.pay(card, kiosk, yuan(5))
     claims = [{**genuine, "message": {**genuine["message"], "amount_fen": AMOUNT_FEN_MAX,
                                       "counter": counter}}

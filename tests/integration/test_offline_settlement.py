@@ -155,11 +155,7 @@ def test_uploads_duplicated_in_any_order_by_either_side_settle_once(
 
 
 def test_forged_and_altered_payments_are_refused_and_pay_nothing(world: OfflineLedger) -> None:
-    world.wallet("w-erin")
-    world.wallet("w-shop", funds_yuan=0)
-    erin = world.device("erin-card", "w-erin")
-    shop = world.device("shop-till", "w-shop")
-    world.load(erin, yuan(100))
+    erin, shop = world.card_and_till("erin", "shop", yuan(100))
     genuine = world.pay(erin, shop, yuan(10))
     altered = {**genuine, "message": {**genuine["message"], "amount_fen": yuan(100)}}
     report = world.upload(shop, [altered, {"message": "garbage"}, genuine])
