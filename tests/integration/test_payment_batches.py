@@ -153,12 +153,7 @@ def test_forged_payments_in_a_batch_are_refused_first(ledger: LedgerContext) -> 
     """Step 2 (signature) answers before step 3 and the ledger checks, also in big batches
     whose signatures are checked on the verifier process while the rest is checked
     optimistically."""
-    funded_operator(ledger)
-    for n in range(2):
-        new_wallet(ledger, f"w{n}", 2, phone=f"+86138000003{n:02d}")
-        top_up(ledger, f"top-up-{n}", f"w{n}", yuan(1_000))
-    alice = Holder(ledger, "w0")
-    batch = [alice.payment("w1", yuan(1), f"p{n}") for n in range(40)]
+    alice, batch = _two_payers(ledger, 40)
     forged = dict(batch[10], message={**batch[10]["message"], "amount_fen": yuan(2)})
     elsewhere = alice.payment("w1", yuan(1), "p-other-ledger", ledger_id="another-ledger")
     forged_elsewhere = dict(elsewhere, signature=batch[11]["signature"])
@@ -188,13 +183,15 @@ def _refuse_first_insert(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return calls
 
 
-def _two_payers(ledger: LedgerContext) -> list[Envelope]:
+def _two_payers(ledger: LedgerContext, count: int = 20) -> tuple[Holder, list[Envelope]]:
+    """Wallets w0 and w1 with 1,000 CNY each; w0's holder and ``count`` payments of 1 CNY from
+    w0 to w1 (p0, p1, ...)."""
     funded_operator(ledger)
     for n in range(2):
         new_wallet(ledger, f"w{n}", 2, phone=f"+86138000004{n:02d}")
         top_up(ledger, f"top-up-{n}", f"w{n}", yuan(1_000))
     alice = Holder(ledger, "w0")
-    return [alice.payment("w1", yuan(1), f"p{n}") for n in range(20)]
+    return alice, [alice.payment("w1", yuan(1), f"p{n}") for n in range(count)]
 
 
 def _entry_count(ledger: LedgerContext) -> int:
@@ -207,7 +204,7 @@ def test_a_batch_refused_by_the_database_is_answered_one_by_one(
 ) -> None:
     """Its own unit of work is rolled back, entries and all, before each payment is settled
     alone: nothing is posted twice."""
-    batch = _two_payers(ledger)
+    _, batch = _two_payers(ledger)
     entries_before = _entry_count(ledger)
     calls = _refuse_first_insert(monkeypatch)
     results = settle_payments(ledger, batch)
@@ -225,7 +222,7 @@ def test_a_batch_refused_inside_the_callers_unit_of_work_undoes_the_whole_unit(
     the database refused its rows: settling each payment alone in that same unit would post
     them twice. The refusal goes to the caller, whose rollback undoes the batch, and the same
     payments settle once when sent again."""
-    batch = _two_payers(ledger)
+    _, batch = _two_payers(ledger)
     entries_before, balances_before = _entry_count(ledger), _balances(ledger)
     calls = _refuse_first_insert(monkeypatch)
     with pytest.raises(IntegrityError), ledger.write():
@@ -244,7 +241,7 @@ def test_a_batch_with_ids_of_the_wrong_type_refuses_those_and_settles_the_rest(
 ) -> None:
     """Ids that are lists, objects or numbers (found by schemathesis: a list as a payment id
     crashed the batch with a TypeError) are refused as malformed; the others settle."""
-    batch = _two_payers(ledger)[:4]
+    _, batch = _two_payers(ledger, 4)
     odd_ids: list[Any] = [["p-list"], {"id": "p-object"}, 7]
     malformed = [dict(envelope, message={**envelope["message"], "payment_id": odd})
                  for envelope, odd in zip(batch[1:], odd_ids, strict=True)]
