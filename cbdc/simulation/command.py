@@ -136,7 +136,7 @@ def _print(simulation: Simulation) -> None:
         cheats.add_row(kind, str(row["refused"]), str(row["detected"]), str(row["accepted"]))
     console.print(cheats)
     if not result.offline_run:
-        console.print("offline payments: [yellow]not run[/] (not driven over --api yet)")
+        console.print("offline payments: [yellow]not run[/] (their slots are counted as not run)")
     per_second = metrics.settled_count / result.wall_seconds if result.wall_seconds else 0.0
     console.print(f"wall time {result.wall_seconds:.1f} s; settled {metrics.settled_count:,} "
                   f"payments ({per_second:,.0f} per second of wall time)")

@@ -145,9 +145,8 @@ class Driver:
         started = time.perf_counter()
         self.port.ensure_empty()
         if not self.offline_available:
-            self.metrics.note("offline payments (and cloned-card cheats) were not run: this "
-                              "ledger port does not drive offline devices (--api, for now); "
-                              "their slots are counted as not run")
+            self.metrics.note("offline payments (and cloned-card cheats) were not run in this "
+                              "simulation; their slots are counted as not run")
         issuance = self._timed("issuance", self._issue)
         self._timed("wallets", self._open_wallets)
         self._timed("payments", self._payments)

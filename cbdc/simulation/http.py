@@ -12,19 +12,34 @@ operator is registered), so they are given to the adapter; see docs/simulation.m
 
 The server's own clock stamps the journal and judges expiries, so :meth:`set_time` does nothing
 here and the final state hash (the server's chain head) is not reproducible across runs.
+
+Offline devices go online through the device routes, one request per device, as the device's
+own operator: certificates (``/v1/wallets/{id}/devices``), loads
+(``/v1/devices/{id}/loads``) and uploads (``/v1/devices/{id}/uploads``); the fraud cases are the
+central bank's list (``/v1/offline/fraud-cases``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from http.client import HTTPConnection, HTTPResponse
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from cbdc.domain.errors import ApiUnavailable, CbdcError, Conflict, InvalidRequest
 from cbdc.services.issuance_run import Order, Plan, PlannedOperator, RunReport
+from cbdc.services.offline import (
+    DeviceLoad,
+    DeviceRequest,
+    ProvisionedDevice,
+    Upload,
+    UploadOutcome,
+    UploadReport,
+)
 from cbdc.simulation.metrics import SupplySample
 from cbdc.simulation.ports import (
     Capture,
@@ -39,6 +54,9 @@ from cbdc.simulation.ports import (
     Verdicts,
     Withdraw,
 )
+
+_I = TypeVar("_I")
+_A = TypeVar("_A")
 
 #: ``/v1/payments/batch`` takes at most this many payments.
 BATCH_SIZE_MAX = 1_000
@@ -60,6 +78,7 @@ class HttpLedger:
         self.central_bank_key = central_bank_key
         self.operator_keys = dict(operator_keys)
         self.wallet_operator: dict[str, str] = {}
+        self.device_operator: dict[str, str] = {}
         self.requests = 0
         self.ledger_id = str(self._call("GET", "/v1/ledger", None)[1]["ledger_id"])
 
@@ -150,6 +169,59 @@ class HttpLedger:
 
     def close(self) -> None:
         self.connection.close()
+
+    # -- offline devices (the port's offline half) ------------------------------------------
+
+    @contextmanager
+    def offline_session(self) -> Iterator[None]:
+        """Each request is its own unit of work on the server: nothing to group."""
+        yield
+
+    def provision_devices(
+        self, requests: Sequence[DeviceRequest]
+    ) -> list[ProvisionedDevice | CbdcError]:
+        return _each(requests, self._provision)
+
+    def load_devices(self, loads: Sequence[DeviceLoad]) -> list[dict[str, Any] | CbdcError]:
+        return _each(loads, self._load)
+
+    def upload_offline(self, uploads: Sequence[Upload]) -> list[UploadReport | CbdcError]:
+        return _each(uploads, self._upload)
+
+    def fraud_devices(self) -> dict[str, int]:
+        cases = self._central("GET", "/v1/offline/fraud-cases")["cases"]
+        return dict(Counter(case["device_id"] for case in cases))
+
+    def _provision(self, request: DeviceRequest) -> ProvisionedDevice:
+        operator = self.wallet_operator.get(request.wallet_id)
+        answer = self._operator(
+            operator, "POST", f"/v1/wallets/{request.wallet_id}/devices",
+            {"device_id": request.device_id, "public_key": request.device_public_key_hex})
+        if operator is not None:
+            self.device_operator[request.device_id] = operator
+        return ProvisionedDevice(certificate=answer["certificate"],
+                                 operator_certificate=answer["operator_certificate"],
+                                 root_public_key=bytes.fromhex(answer["root_public_key"]))
+
+    def _load(self, load: DeviceLoad) -> dict[str, Any]:
+        receipt: dict[str, Any] = self._operator(
+            self.device_operator.get(load.device_id), "POST",
+            f"/v1/devices/{load.device_id}/loads",
+            {"load_id": load.load_id, "amount_fen": load.amount_fen}, money=True)
+        return receipt
+
+    def _upload(self, upload: Upload) -> UploadReport:
+        device_id = upload.uploaded_by_device_id
+        answer = self._operator(
+            self.device_operator.get(device_id), "POST", f"/v1/devices/{device_id}/uploads",
+            {"payments": [dict(envelope) for envelope in upload.envelopes]}, money=True)
+        return UploadReport(
+            outcomes=tuple(UploadOutcome(
+                index=outcome["index"], status=outcome["status"], code=outcome["code"],
+                payment_hash=outcome["payment_hash"], payer_device=outcome["payer_device"],
+                duplicate=outcome["duplicate"]) for outcome in answer["outcomes"]),
+            revoked=tuple(answer["revoked"]), sync_receipt=answer["sync_receipt"],
+            revocation_list=answer["revocation_list"])
 
     # -- commands -----------------------------------------------------------------------------
 
@@ -270,6 +342,18 @@ class _Refused(Exception):
     def __init__(self, code: str) -> None:
         super().__init__(code)
         self.code = code
+
+
+def _each(items: Sequence[_I], call: Callable[[_I], _A]) -> list[_A | CbdcError]:
+    """``call`` on each item in turn; a refusal in its place, as the batch services answer."""
+    answers: list[_A | CbdcError] = []
+    for item in items:
+        try:
+            answers.append(call(item))
+        except _Refused as refused:
+            answers.append(CbdcError(f"the server refused it: {refused.code}",
+                                     code=refused.code))
+    return answers
 
 
 def _planned(operator: PlannedOperator) -> dict[str, Any]:

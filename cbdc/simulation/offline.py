@@ -354,20 +354,21 @@ class OfflineDesk:
         its payments since its last sync, a till what it received and is still pending).
         Their uploads go in batches of about :data:`UPLOAD_ENVELOPES_MAX` envelopes, at one
         moment: a batch answers as one-by-one uploads would, so the ledger ends the same as
-        with one batch, and only one batch's envelopes are in memory at a time."""
+        with one batch, and only one batch's envelopes are in memory at a time. A device
+        holding more than one upload takes (the API's limit) uploads them in turn."""
         batch: list[tuple[SecureElement, Upload]] = []
         held = 0
         ticked = False
         for element in elements:
             envelopes = [*element.payments_made(),
                          *(payment.to_envelope() for payment in element.pending_received())]
-            if not envelopes:
-                continue
-            batch.append((element, Upload(_device_id(element), envelopes)))
-            held += len(envelopes)
-            if held >= UPLOAD_ENVELOPES_MAX:
-                ticked = self._upload_batch(batch, online, ticked)
-                batch, held = [], 0
+            for start in range(0, len(envelopes), UPLOAD_ENVELOPES_MAX):
+                chunk = envelopes[start:start + UPLOAD_ENVELOPES_MAX]
+                batch.append((element, Upload(_device_id(element), chunk)))
+                held += len(chunk)
+                if held >= UPLOAD_ENVELOPES_MAX:
+                    ticked = self._upload_batch(batch, online, ticked)
+                    batch, held = [], 0
         if batch:
             self._upload_batch(batch, online, ticked)
 

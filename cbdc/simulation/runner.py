@@ -114,7 +114,7 @@ def simulate(
 ) -> Simulation:
     """Run ``scenario`` with ``seed`` against ``port``; write the report to ``out`` if given.
     Offline payments run when ``offline_available`` and the port offers the offline services
-    (:class:`~cbdc.simulation.ports.OfflineLedgerPort`: in-process, not yet over HTTP)."""
+    (:class:`~cbdc.simulation.ports.OfflineLedgerPort`: in-process and over HTTP alike)."""
     try:
         with _few_collections():
             result = Driver(scenario, seed, port, progress=progress,

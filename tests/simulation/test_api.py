@@ -1,6 +1,7 @@
 """`cbdc simulate --api`: a tiny pilot driven over HTTP against a `cbdc serve` this test starts on
-a fresh SQLite file, as a real client would: the invariants hold, the server's own audit passes,
-and every payment the simulation counts as settled is in the server's journal."""
+a fresh SQLite file, as a real client would, offline devices and cloned cards included: the
+invariants hold, the server's own audit passes, and every payment the simulation counts as
+settled (online or offline) is in the server's books."""
 
 from __future__ import annotations
 
@@ -19,25 +20,33 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from api.schemas.offline import UPLOAD_SIZE_MAX
 from cbdc.cli import app
+from cbdc.domain.errors import CbdcError
 from cbdc.services import apikeys, issuance
 from cbdc.services.context import open_ledger
+from cbdc.services.offline import DeviceLoad, DeviceRequest, Upload
+from cbdc.simulation.http import HttpLedger
+from cbdc.simulation.offline import UPLOAD_ENVELOPES_MAX
+from cbdc.simulation.runner import parse_operator_keys
 from cbdc.simulation.scenario import load_scenario
 from cbdc.storage import migrate
 from cbdc.storage.engine import ENV_DATABASE_URL
-from cbdc.storage.tables import payments
+from cbdc.storage.tables import offline_payments, payments
 from tests.simulation.test_command import tiny_scenario
 
 runner = CliRunner()
 
 
 def cheating_scenario(folder: Path) -> Path:
-    """The tiny pilot with cheats at ten times the default rates, so each kind is injected."""
+    """The tiny pilot with cheats at ten times the default rates (forty for cloned cards, of the
+    16 offline slots), so each kind is injected."""
     path = tiny_scenario(folder)
     text = (path.read_text(encoding="utf-8")
             .replace("replay_percent = 0.3", "replay_percent = 3")
             .replace("over_cap_percent = 0.2", "over_cap_percent = 2")
-            .replace("forged_signature_percent = 0.2", "forged_signature_percent = 2"))
+            .replace("forged_signature_percent = 0.2", "forged_signature_percent = 2")
+            .replace("cloned_card_percent = 0.5", "cloned_card_percent = 20"))
     path.write_text(text, encoding="utf-8")
     return path
 
@@ -112,26 +121,35 @@ def test_a_tiny_pilot_settles_over_http_and_the_servers_books_hold(
     assert all(metrics["invariants"].values())
     assert metrics["final_state_hash"].startswith("http:")
     cheats = metrics["cheats"]
-    assert set(cheats["by_kind"]) == {"replay", "over_cap", "forged_signature"}
-    assert cheats["caught"] == cheats["injected"] == 14
+    assert set(cheats["by_kind"]) == {"replay", "over_cap", "forged_signature", "cloned_card"}
+    assert cheats["caught"] == cheats["injected"] == 17
+    assert cheats["by_kind"]["cloned_card"] == {"refused": 0, "detected": 3, "accepted": 0}
     assert sum(metrics["rejections"]["cheats"].values()) > 0  # refusals came as problem codes
     assert not (out / "ledger.sqlite3").exists()  # nothing ran in-process
-    assert metrics["offline_run"] is False  # the adapter does not drive the device routes yet
-    assert metrics["payments"]["not_run_by_kind"]["offline"] == 16  # 8 % of 200
+    assert metrics["offline_run"] is True  # the devices went online through the device routes
+    assert metrics["payments"]["not_run_by_kind"] == {}
+    assert metrics["payments"]["settled_by_kind"]["offline"]["count"] == 16  # 8 % of 200
+    assert metrics["offline"]["loaded"]["count"] > 0
 
-    audit = httpx.post(f"{server.base}/v1/audits",
-                       headers={"Authorization": f"Bearer {server.central_bank_key}"})
+    central_bank = {"Authorization": f"Bearer {server.central_bank_key}"}
+    audit = httpx.post(f"{server.base}/v1/audits", headers=central_bank)
     assert audit.status_code == 200 and audit.json()["ok"] is True, audit.text
+    cases = httpx.get(f"{server.base}/v1/offline/fraud-cases", headers=central_bank).json()
+    assert len(cases["cases"]) == metrics["fraud"]["cases"] >= 3  # a case per clone at least
     context = open_ledger(server.database_url)
     try:
         with context.read() as connection:
-            settled_on_server = connection.execute(
+            settled_online = connection.execute(
                 select(func.count()).select_from(payments)).scalar_one()
+            paid_offline = connection.execute(
+                select(func.count()).select_from(offline_payments)
+                .where(offline_payments.c.status.in_(("settled", "operator_paid")))).scalar_one()
     finally:
         context.dispose()
     settled = metrics["payments"]["settled"]
     assert settled > 100
-    assert settled_on_server == settled
+    assert paid_offline == 16 + 2 * 3  # the honest offline payments, each clone's two
+    assert settled_online + paid_offline == settled
 
 
 def test_api_refuses_to_run_without_the_operators_keys(server: Server, tmp_path: Path) -> None:
@@ -143,3 +161,29 @@ def test_api_refuses_to_run_without_the_operators_keys(server: Server, tmp_path:
     supply = httpx.get(f"{server.base}/v1/reports/supply",
                        headers={"Authorization": f"Bearer {server.central_bank_key}"})
     assert supply.json()["total"]["outstanding_fen"] == 0  # refused before anything was issued
+
+
+def test_the_simulation_uploads_no_more_than_the_api_takes_in_one_upload() -> None:
+    assert UPLOAD_ENVELOPES_MAX == UPLOAD_SIZE_MAX
+
+
+def test_refused_device_calls_are_answered_in_place_with_the_servers_code(
+    server: Server,
+) -> None:
+    ledger = HttpLedger(server.base, server.central_bank_key,
+                        parse_operator_keys(server.operator_keys))
+    try:
+        provisioned = ledger.provision_devices(
+            [DeviceRequest("card-x", "no-such-wallet", "ab" * 32)] * 2)
+        loaded = ledger.load_devices([DeviceLoad("load-x", "card-x", 100)])
+        uploaded = ledger.upload_offline([Upload("card-x", [
+            {"message": {}, "signature": "", "certificate": {}, "operator_certificate": {}}])])
+        cases = ledger.fraud_devices()
+    finally:
+        ledger.close()
+    answers = [*provisioned, *loaded, *uploaded]
+    assert all(isinstance(answer, CbdcError) for answer in answers)
+    assert [answer.code for answer in answers if isinstance(answer, CbdcError)] == [
+        "wallet_not_found", "wallet_not_found", "offline_device_not_found",
+        "offline_device_not_found"]
+    assert cases == {}

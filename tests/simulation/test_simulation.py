@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import base64
 import gc
+import itertools
 import json
 import struct
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from fractions import Fraction
 from html.parser import HTMLParser
@@ -16,6 +17,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
+from cbdc.domain.errors import CbdcError
 from cbdc.services import offline
 from cbdc.services.context import open_ledger
 from cbdc.simulation.report import CHARTS
@@ -231,3 +233,47 @@ def test_a_run_collects_garbage_less_often_and_restores_the_collector(
         gc.set_threshold(*saved)
     assert during and all(threshold[0] > 701 for threshold in during)
     assert after == (701, 11, 12)
+
+
+
+def _offline_run(scenario: Scenario, url: str) -> tuple[Simulation, list[tuple[str, int]]]:
+    """``scenario`` simulated on ``url``, and each upload the devices made: (device, envelopes)."""
+    port = in_process_port(scenario, SEED, url)
+    uploads: list[tuple[str, int]] = []
+    upload = port.upload_offline
+
+    def recorded(batch: Sequence[offline.Upload]) -> list[offline.UploadReport | CbdcError]:
+        uploads.extend((each.uploaded_by_device_id, len(each.envelopes)) for each in batch)
+        return upload(batch)
+
+    port.upload_offline = recorded  # type: ignore[method-assign,assignment]
+    return simulate(scenario, SEED, port=port), uploads
+
+
+def test_a_device_holding_more_than_one_upload_takes_uploads_it_in_turn(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With uploads of at most 2 envelopes (the API takes 1,000), busy tills and cards split
+    what they hold over several uploads; every offline payment still settles, as it does with
+    the API's limit."""
+    scenario = replace(default_scenario().with_counts(wallets=40, merchants=2, payments=400),
+                       days=1)
+    offline_settled = {}
+    for limit in (1_000, 2):
+        monkeypatch.setattr("cbdc.simulation.offline.UPLOAD_ENVELOPES_MAX", limit)
+        folder = tmp_path / str(limit)
+        folder.mkdir()
+        database = fresh_database("sqlite", request, folder)
+        simulation, uploads = _offline_run(scenario, next(database))
+        result = simulation.result
+        assert result.ok, result.invariants
+        assert not any("still unsettled" in note for note in result.metrics.notes)
+        offline_settled[limit] = result.metrics.as_dict()["payments"]["settled_by_kind"]["offline"]
+        assert max(size for _, size in uploads) <= limit
+        split = [first for first, then in itertools.pairwise(uploads)
+                 if first[0] == then[0] and first[1] == limit]
+        assert bool(split) == (limit == 2)  # only the small limit splits a device's upload
+        for _ in database:
+            pass
+    assert offline_settled[2] == offline_settled[1_000]
+    assert offline_settled[2]["count"] > 20
