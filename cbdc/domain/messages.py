@@ -258,9 +258,15 @@ class MessageKind:
     optional: Mapping[str, FieldCheck] = field(default_factory=dict)
     cross_checks: tuple[Callable[[Mapping[str, Any]], None], ...] = ()
     signer_field: str | None = "public_key"
+    # Worked out once from the fields above (every message of the kind is checked with them).
+    required_in_order: tuple[str, ...] = field(init=False, repr=False, compare=False)
+    allowed: frozenset[str] = field(init=False, repr=False, compare=False)
+    checks: Mapping[str, FieldCheck] = field(init=False, repr=False, compare=False)
 
-    def field_names(self) -> frozenset[str]:
-        return frozenset(self.required) | frozenset(self.optional)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "required_in_order", tuple(sorted(self.required)))
+        object.__setattr__(self, "allowed", frozenset(self.required) | frozenset(self.optional))
+        object.__setattr__(self, "checks", {**self.optional, **self.required})
 
 
 _HEADER: dict[str, FieldCheck] = {"version": _header, "domain": _header, "ledger_id": check_id}
@@ -400,15 +406,16 @@ def _check_domain(message: Message, expected: str) -> None:
 
 
 def _check_fields(message: Message, kind: MessageKind) -> None:
-    for name in sorted(kind.required):
+    for name in kind.required_in_order:
         if name not in message:
             raise FieldMissing(f"{name} is required in a {kind.domain} message", field=name)
-    allowed = kind.field_names()
-    for name in sorted(message):
+    names = sorted(message)
+    allowed = kind.allowed
+    for name in names:
         if name not in allowed:
             raise FieldUnknown(f"{name} is not a field of a {kind.domain} message", field=name)
-    checks = {**kind.optional, **kind.required}
-    for name in sorted(message):
+    checks = kind.checks
+    for name in names:
         checks[name](name, message[name])
     for cross_check in kind.cross_checks:
         cross_check(message)
