@@ -7,10 +7,10 @@ applies (so a bad argument fails here, with the ledger's error code) and signs i
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
-from typing import Any
+from typing import Any, Protocol
 
-from cbdc.domain.keys import KeyPair
 from cbdc.domain.messages import (
     CAPTURE,
     CURRENCY,
@@ -25,7 +25,18 @@ from cbdc.domain.messages import (
 )
 
 
-def _seal(key: KeyPair, domain: str, fields: dict[str, Any], **optional: Any) -> Envelope:
+class Sealer(Protocol):
+    """What a builder needs of a key: its public key, and sealing a message with it. A
+    :class:`~cbdc.domain.keys.KeyPair` signs at once; a caller may also hand in a key that
+    validates at once and signs later (the simulation's wallets do)."""
+
+    @property
+    def public_key_hex(self) -> str: ...
+
+    def seal(self, message: Mapping[str, Any]) -> Envelope: ...
+
+
+def _seal(key: Sealer, domain: str, fields: dict[str, Any], **optional: Any) -> Envelope:
     message: dict[str, Any] = {
         "version": PROTOCOL_VERSION,
         "domain": domain,
@@ -37,7 +48,7 @@ def _seal(key: KeyPair, domain: str, fields: dict[str, Any], **optional: Any) ->
 
 
 def build_payment(
-    key: KeyPair,
+    key: Sealer,
     *,
     ledger_id: str,
     payment_id: str,
@@ -59,7 +70,7 @@ def build_payment(
 
 
 def build_payment_for_request(
-    key: KeyPair,
+    key: Sealer,
     request: Message,
     *,
     payment_id: str,
@@ -84,7 +95,7 @@ def build_payment_for_request(
 
 
 def build_payment_request(
-    key: KeyPair,
+    key: Sealer,
     *,
     ledger_id: str,
     request_id: str,
@@ -104,7 +115,7 @@ def build_payment_request(
 
 
 def build_payment_code(
-    key: KeyPair,
+    key: Sealer,
     *,
     ledger_id: str,
     code_id: str,
@@ -124,7 +135,7 @@ def build_payment_code(
 
 
 def build_capture(
-    key: KeyPair,
+    key: Sealer,
     *,
     ledger_id: str,
     capture_id: str,
@@ -143,7 +154,7 @@ def build_capture(
 
 
 def build_refund(
-    key: KeyPair,
+    key: Sealer,
     *,
     ledger_id: str,
     refund_id: str,

@@ -480,13 +480,18 @@ def seal(signing_key: nacl.signing.SigningKey, message: Mapping[str, Any]) -> En
     A message naming a signer (``public_key``) must name ``signing_key``'s own key, so a wallet
     cannot produce an envelope that no verifier would accept.
     """
+    checked, data = sealable(message, bytes(signing_key.verify_key).hex())
+    return {"message": checked, "signature": signing_key.sign(data).signature.hex()}
+
+
+def sealable(message: Mapping[str, Any], public_key_hex: str) -> tuple[Message, bytes]:
+    """What :func:`seal` signs with the key ``public_key_hex``: ``message`` validated for its
+    own domain tag (naming that key, if its kind names a signer), and the exact bytes to sign."""
     domain = message.get("domain")
     if not isinstance(domain, str) or domain not in KINDS:
         raise DomainMismatch(f"no message kind has domain tag {domain!r}", field="domain")
     kind = KINDS[domain]
     checked = validate_message(message, kind)
-    own_key = bytes(signing_key.verify_key).hex()
-    if kind.signer_field is not None and checked[kind.signer_field] != own_key:
+    if kind.signer_field is not None and checked[kind.signer_field] != public_key_hex:
         raise InvalidKey("message names another key than its signer", field="public_key")
-    signature = signing.sign(signing_key, domain, checked)
-    return {"message": checked, "signature": signature.hex()}
+    return checked, signing.signed_bytes(domain, checked)

@@ -150,3 +150,11 @@ def verify_raw(public_key: bytes, data: bytes, signature: bytes) -> bool:
 def verify_many(triples: Sequence[tuple[bytes, bytes, bytes]]) -> list[bool]:
     """Whether each ``(public key, signed bytes, signature)`` verifies, in order."""
     return [verify_raw(public_key, data, signature) for public_key, data, signature in triples]
+
+
+def sign_many(jobs: Sequence[tuple[bytes, bytes]]) -> list[bytes]:
+    """The Ed25519 signature of each ``(secret key, bytes)`` job, in order. The secret key is
+    libsodium's 64 bytes, the 32-byte seed followed by its public key (``seed + public_key`` of a
+    :class:`~cbdc.domain.keys.KeyPair`); the signature is the one that key pair's
+    ``sign_bytes`` makes."""
+    return [nacl.bindings.crypto_sign(data, secret)[:SIGNATURE_BYTES] for secret, data in jobs]

@@ -1,5 +1,6 @@
 """Ed25519 checks of a batch's signatures on a worker process, while the batch's own thread runs
-its database checks.
+its database checks (and, for the simulation's wallets, signatures made there while the driver
+draws the rest of a batch: :class:`Signing`).
 
 A second thread overlaps them poorly: each check is a short C call after which the thread must
 take the GIL back, and the batch's thread holds it while it runs Python, for up to the
@@ -17,9 +18,10 @@ reached (it could not start, it died, or it has not answered for
 :data:`ANSWER_TIMEOUT_SECONDS`), the batch's thread verifies the triples itself: a verdict is
 always a check.
 
-Frames on both pipes are an 8-byte big-endian length, then a pickle: ``(number, triples)`` to
-the worker (its standard input), ``(number, verdicts)`` back (on a pipe of its own, named by
-its one argument). Both ends are this module.
+Frames on both pipes are an 8-byte big-endian length, then a pickle: ``(number, task, items)``
+to the worker (its standard input), ``(number, answers)`` back (on a pipe of its own, named by
+its one argument). The task is ``verify`` (items: triples; answers: verdicts) or ``sign``
+(items: ``(secret key, bytes)`` jobs; answers: signatures). Both ends are this module.
 """
 
 from __future__ import annotations
@@ -34,12 +36,20 @@ import signal
 import subprocess
 import sys
 import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Generic, TypeVar
 
-from cbdc.domain.signing import verify_many
+from cbdc.domain.signing import sign_many, verify_many
 
 Triple = tuple[bytes, bytes, bytes]
+#: A signature to make: libsodium's 64-byte secret key (seed, then public key) and the bytes.
+SigningJob = tuple[bytes, bytes]
+_TASKS: dict[str, Callable[[Sequence[Any]], list[Any]]] = {
+    "verify": verify_many, "sign": sign_many,
+}
+_ItemT = TypeVar("_ItemT")
+_AnswerT = TypeVar("_AnswerT")
 
 #: Fewer signatures than this are checked on the caller's thread at once: the round trip to the
 #: worker would cost about as much as it saves.
@@ -58,15 +68,15 @@ def _frame(value: Any) -> bytes:
 
 
 def serve(requests: IO[bytes], answers: IO[bytes]) -> None:
-    """The worker's loop: one frame of verdicts for each frame of triples, until the input
-    closes (the ledger's process ended or let the worker go)."""
+    """The worker's loop: one frame of answers for each frame of work, until the input closes
+    (the ledger's process ended or let the worker go)."""
     while True:
         header = requests.read(_LENGTH_BYTES)
         if len(header) < _LENGTH_BYTES:
             return
         body = requests.read(int.from_bytes(header, "big"))
-        number, triples = pickle.loads(body)
-        answers.write(_frame((number, verify_many(triples))))
+        number, task, items = pickle.loads(body)
+        answers.write(_frame((number, _TASKS[task](items))))
         answers.flush()
 
 
@@ -96,25 +106,25 @@ class _Worker:
         self._numbers = itertools.count()
         self._sending = threading.Lock()
         self._receiving = threading.Lock()
-        self._arrived: dict[int, list[bool]] = {}
+        self._arrived: dict[int, list[Any]] = {}
         self._unread = bytearray()
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def send(self, triples: list[Triple]) -> int:
+    def send(self, task: str, items: Sequence[Any]) -> int:
         with self._sending:
             number = next(self._numbers)
-            self.requests.write(_frame((number, triples)))
+            self.requests.write(_frame((number, task, items)))
             self.requests.flush()
         return number
 
-    def receive(self, number: int) -> list[bool]:
+    def receive(self, number: int) -> list[Any]:
         with self._receiving:
             while number not in self._arrived:
                 size = int.from_bytes(self._take(_LENGTH_BYTES), "big")
-                arrived, verdicts = pickle.loads(self._take(size))
-                self._arrived[arrived] = verdicts
+                arrived, answers = pickle.loads(self._take(size))
+                self._arrived[arrived] = answers
             return self._arrived.pop(number)
 
     def _take(self, size: int) -> bytes:
@@ -171,42 +181,60 @@ def _release() -> None:
         worker.process.wait()
 
 
-class Pending:
+class _Offloaded(Generic[_ItemT, _AnswerT]):
+    """Work sent to the worker: :meth:`result` waits for its answers (or, if the worker cannot
+    answer, does the work on this thread). Fewer than ``minimum`` items are done here and
+    now."""
+
+    def __init__(self, task: str, items: list[_ItemT], minimum: int) -> None:
+        self._task = task
+        self._items = items
+        self._worker: _Worker | None = None
+        self._number = -1
+        self._answers: list[_AnswerT] | None = None
+        if len(items) < minimum:
+            self._answers = _TASKS[task](items)
+            return
+        try:
+            self._worker = _worker()
+            self._number = self._worker.send(task, items)
+        except (OSError, EOFError, ValueError, TypeError, subprocess.SubprocessError):
+            self._worker = None  # it could not start, or it died: done here
+
+    def result(self) -> list[_AnswerT]:
+        if self._answers is None:
+            self._answers = self._from_worker()
+            if self._answers is None:
+                self._answers = _TASKS[self._task](self._items)
+        return self._answers
+
+    def _from_worker(self) -> list[_AnswerT] | None:
+        if self._worker is None:
+            return None
+        try:
+            answers = self._worker.receive(self._number)
+        except (OSError, EOFError, ValueError, pickle.UnpicklingError):
+            return None
+        if len(answers) != len(self._items):  # not this request's: never trust a mix-up
+            return None
+        return answers
+
+
+class Pending(_Offloaded[Triple, bool]):
     """Verdicts being checked on the worker: :meth:`result` waits for them (or, if the worker
     cannot answer, checks the triples on this thread). Fewer than :data:`WORKER_MIN` are
     checked here and now."""
 
     def __init__(self, triples: list[Triple]) -> None:
-        self._triples = triples
-        self._worker: _Worker | None = None
-        self._number = -1
-        self._verdicts: list[bool] | None = None
-        if len(triples) < WORKER_MIN:
-            self._verdicts = verify_many(triples)
-            return
-        try:
-            self._worker = _worker()
-            self._number = self._worker.send(triples)
-        except (OSError, EOFError, ValueError, TypeError, subprocess.SubprocessError):
-            self._worker = None  # it could not start, or it died: checked here
+        super().__init__("verify", triples, WORKER_MIN)
 
-    def result(self) -> list[bool]:
-        if self._verdicts is None:
-            self._verdicts = self._from_worker()
-            if self._verdicts is None:
-                self._verdicts = verify_many(self._triples)
-        return self._verdicts
 
-    def _from_worker(self) -> list[bool] | None:
-        if self._worker is None:
-            return None
-        try:
-            verdicts = self._worker.receive(self._number)
-        except (OSError, EOFError, ValueError, pickle.UnpicklingError):
-            return None
-        if len(verdicts) != len(self._triples):  # not this request's: never trust a mix-up
-            return None
-        return verdicts
+class Signing(_Offloaded[SigningJob, bytes]):
+    """Signatures being made on the worker: :meth:`result` waits for them (or, if the worker
+    cannot answer, signs on this thread)."""
+
+    def __init__(self, jobs: list[SigningJob]) -> None:
+        super().__init__("sign", jobs, 1)
 
 
 if __name__ == "__main__":

@@ -61,6 +61,7 @@ from cbdc.simulation.ports import (
     Withdraw,
 )
 from cbdc.simulation.scenario import PAYMENT_KINDS, Scenario
+from cbdc.simulation.sealing import LaterSeals
 
 CHEATS = ("replay", "over_cap", "forged_signature", "cloned_card")
 REPLAY_MEMORY = 256
@@ -133,6 +134,8 @@ class Driver:
             self.offline = OfflineDesk(self, port)
         self.offline_available = self.offline is not None
         self.population = Population(scenario, self.rng, seed)
+        self.seals = LaterSeals()  # the wallets sign on the worker process, meanwhile
+        self.sealers = [self.seals.key(key) for key in self.population.keys]
         self.batch = _Batch()
         self.recent_replayable: deque[tuple[str, Any]] = deque(maxlen=REPLAY_MEMORY)
         self.refundable: deque[tuple[str, int, int, int]] = deque(maxlen=REFUNDABLE_MEMORY)
@@ -360,14 +363,14 @@ class Driver:
         population, scenario = self.population, self.scenario
         payer, merchant, amount, number = self._purchase(at)
         request = build_payment_request(
-            population.keys[merchant], ledger_id=self.port.ledger_id, request_id=f"rq{number}",
+            self.sealers[merchant], ledger_id=self.port.ledger_id, request_id=f"rq{number}",
             merchant=population.wallet_id(merchant), amount_fen=amount,
             reference=f"order-{number}", created_at=at,
             expires_at=at + timedelta(seconds=scenario.request_valid_seconds),
         )
         self._add(at, PresentRequest(request), self._honest_step)
         payment = build_payment_for_request(
-            population.keys[payer], request["message"], payment_id=f"pay{number}",
+            self.sealers[payer], request["message"], payment_id=f"pay{number}",
             payer=population.wallet_id(payer), sequence=population.next_sequence(payer),
             created_at=at,
         )
@@ -378,12 +381,12 @@ class Driver:
         population, scenario = self.population, self.scenario
         payer, merchant, amount, number = self._purchase(at)
         code = build_payment_code(
-            population.keys[payer], ledger_id=self.port.ledger_id, code_id=f"code{number}",
+            self.sealers[payer], ledger_id=self.port.ledger_id, code_id=f"code{number}",
             payer=population.wallet_id(payer), max_amount_fen=amount, created_at=at,
             expires_at=at + timedelta(seconds=scenario.request_valid_seconds),
         )
         capture = build_capture(
-            population.keys[merchant], ledger_id=self.port.ledger_id,
+            self.sealers[merchant], ledger_id=self.port.ledger_id,
             capture_id=f"cap{number}", code_id=f"code{number}",
             merchant=population.wallet_id(merchant), amount_fen=amount, created_at=at,
         )
@@ -408,7 +411,7 @@ class Driver:
     def _payment(self, payer: int, payee: int, amount_fen: int, at: datetime) -> Any:
         population = self.population
         return build_payment(
-            population.keys[payer], ledger_id=self.port.ledger_id,
+            self.sealers[payer], ledger_id=self.port.ledger_id,
             payment_id=f"pay{self._next_id()}", payer=population.wallet_id(payer),
             payee=population.wallet_id(payee), amount_fen=amount_fen,
             sequence=population.next_sequence(payer), created_at=at,
@@ -426,7 +429,7 @@ class Driver:
             1, paid // 2)
         population = self.population
         envelope = build_refund(
-            population.keys[merchant], ledger_id=self.port.ledger_id,
+            self.sealers[merchant], ledger_id=self.port.ledger_id,
             refund_id=f"ref{self._next_id()}", payment_id=original_id,
             merchant=population.wallet_id(merchant), amount_fen=amount, created_at=at,
         )
@@ -503,7 +506,7 @@ class Driver:
         elif kind == "request":
             payer = self._payer()
             payment = build_payment_for_request(
-                population.keys[payer], thing["message"], payment_id=f"pay{self._next_id()}",
+                self.sealers[payer], thing["message"], payment_id=f"pay{self._next_id()}",
                 payer=population.wallet_id(payer), sequence=population.next_sequence(payer),
                 created_at=at,
             )
@@ -513,7 +516,7 @@ class Driver:
         else:
             code, merchant = thing
             capture = build_capture(
-                population.keys[merchant], ledger_id=self.port.ledger_id,
+                self.sealers[merchant], ledger_id=self.port.ledger_id,
                 capture_id=f"cap{self._next_id()}", code_id=code["message"]["code_id"],
                 merchant=population.wallet_id(merchant),
                 amount_fen=code["message"]["max_amount_fen"], created_at=at,
@@ -543,6 +546,7 @@ class Driver:
         merchant = self._merchant_near(victim)
         amount = self.amounts.draw(self.rng)
         genuine = self._payment(victim, merchant, amount, at)
+        self.seals.settle()  # the forger starts from the victim's signature
         variant = self.rng.randrange(3)
         message = dict(genuine["message"])
         if variant == 0:  # altered in flight: the amount raised, the victim's signature kept
@@ -597,6 +601,7 @@ class Driver:
         if not self.batch:
             return
         batch, self.batch = self.batch, _Batch()
+        self.seals.settle()
         outcomes = self.port.submit(batch.commands)
         assert len(outcomes) == len(batch.pending)
         for pending, outcome in zip(batch.pending, outcomes, strict=True):
