@@ -7,12 +7,16 @@ bad message still fails where it is built), but leaves the signature empty; ever
 (:class:`cbdc.services.verifier.Signing`, one message for the chunk). :meth:`LaterSeals.settle`
 fills in every signature before a batch leaves the driver: the jobs not yet sent are signed here
 (a partial chunk, fewer than :data:`CHUNK`), the rest are read back from the worker, which has
-long finished them. Ed25519 signatures are deterministic, so the envelopes, and the final state
-hash, are exactly those of signing at once.
+long finished them. At most :data:`IN_FLIGHT_MAX` chunks are out at once; the oldest is read
+back before another goes: the worker writes its answers into a pipe of 64 KiB, and once that
+were full it would stop reading our requests, and our next request would wait for it forever.
+Ed25519 signatures are deterministic, so the envelopes, and the final state hash, are exactly
+those of signing at once.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +27,9 @@ from cbdc.services.verifier import Signing, SigningJob
 
 #: Envelopes whose signing jobs travel to the worker in one message.
 CHUNK = 8
+#: Chunks sent and not yet read back, at most: their answers (about 600 bytes each) stay well
+#: inside the worker's answer pipe.
+IN_FLIGHT_MAX = 32
 
 
 class LaterKey:
@@ -49,7 +56,7 @@ class LaterSeals:
 
     def __init__(self) -> None:
         self._unsent: list[tuple[SigningJob, Envelope]] = []
-        self._sent: list[tuple[Signing, list[Envelope]]] = []
+        self._sent: deque[tuple[Signing, list[Envelope]]] = deque()
 
     def key(self, key: KeyPair) -> LaterKey:
         return LaterKey(key, self)
@@ -57,6 +64,8 @@ class LaterSeals:
     def add(self, job: SigningJob, envelope: Envelope) -> None:
         self._unsent.append((job, envelope))
         if len(self._unsent) >= CHUNK:
+            if len(self._sent) >= IN_FLIGHT_MAX:
+                _fill(*self._sent.popleft())
             jobs = [job for job, _ in self._unsent]
             self._sent.append((Signing(jobs), [envelope for _, envelope in self._unsent]))
             self._unsent = []
@@ -67,7 +76,10 @@ class LaterSeals:
         signatures = sign_many([job for job, _ in unsent])
         for (_, envelope), signature in zip(unsent, signatures, strict=True):
             envelope["signature"] = signature.hex()
-        sent, self._sent = self._sent, []
-        for signing, envelopes in sent:
-            for envelope, signature in zip(envelopes, signing.result(), strict=True):
-                envelope["signature"] = signature.hex()
+        while self._sent:
+            _fill(*self._sent.popleft())
+
+
+def _fill(signing: Signing, envelopes: list[Envelope]) -> None:
+    for envelope, signature in zip(envelopes, signing.result(), strict=True):
+        envelope["signature"] = signature.hex()

@@ -4,7 +4,11 @@ once, as they do when sealed at once."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -71,7 +75,7 @@ def test_a_bad_message_fails_where_it_is_built_and_nothing_waits() -> None:
         build_payment(seals.key(key), ledger_id="L1", payment_id="pay 1", payer="p1",
                       payee="m1", amount_fen=1, sequence=1, created_at=AT)
     assert (later.value.code, str(later.value)) == (at_once.value.code, str(at_once.value))
-    assert seals._unsent == [] and seals._sent == []
+    assert not seals._unsent and not seals._sent
 
 
 def test_signatures_are_made_here_when_the_worker_cannot_be_reached(
@@ -95,3 +99,30 @@ def test_the_worker_signs_as_the_key_pair_does() -> None:
     assert sign_many(jobs) == expected
     assert Signing(jobs).result() == expected
     assert verifier._WORKER is not None and verifier._WORKER.alive()
+
+
+def test_a_batch_of_thousands_of_envelopes_never_fills_the_workers_pipes() -> None:
+    """More envelopes before one settle than the worker's answer pipe has room for (a batch at
+    ``--scale 10``): the oldest chunks are read back on the way, so neither side ever waits for
+    the other and the settle completes. (Unbounded, the worker blocked on its full answer pipe
+    and the driver on the worker's full input: a run that never ended.) Run in a child process,
+    so that a stall fails the test instead of hanging it."""
+    program = textwrap.dedent("""
+        from tests.unit.test_sealing import _envelopes
+        from cbdc.client.keys import WalletKey
+        from cbdc.simulation import sealing
+        keys = [WalletKey.derive(b"s" * 32, f"wallet-{n}") for n in range(5)]
+        seals = sealing.LaterSeals()
+        later = _envelopes([seals.key(key) for key in keys], 4_000)  # 300 KB of answers
+        assert len(seals._sent) <= sealing.IN_FLIGHT_MAX
+        seals.settle()
+        assert later == _envelopes(list(keys), 4_000)
+        print("settled")
+    """)
+    try:
+        finished = subprocess.run([sys.executable, "-c", program], capture_output=True,
+                                  text=True, timeout=120, cwd=Path(__file__).parents[2])
+    except subprocess.TimeoutExpired:
+        pytest.fail("sealing stalled: the worker's pipes filled up")
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.strip() == "settled"
