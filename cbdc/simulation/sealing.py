@@ -65,7 +65,7 @@ class LaterSeals:
         self._unsent.append((job, envelope))
         if len(self._unsent) >= CHUNK:
             if len(self._sent) >= IN_FLIGHT_MAX:
-                _fill(*self._sent.popleft())
+                _read_back(*self._sent.popleft())
             jobs = [job for job, _ in self._unsent]
             self._sent.append((Signing(jobs), [envelope for _, envelope in self._unsent]))
             self._unsent = []
@@ -73,13 +73,15 @@ class LaterSeals:
     def settle(self) -> None:
         """Every envelope sealed so far gets its signature."""
         unsent, self._unsent = self._unsent, []
-        signatures = sign_many([job for job, _ in unsent])
-        for (_, envelope), signature in zip(unsent, signatures, strict=True):
-            envelope["signature"] = signature.hex()
+        _fill([envelope for _, envelope in unsent], sign_many([job for job, _ in unsent]))
         while self._sent:
-            _fill(*self._sent.popleft())
+            _read_back(*self._sent.popleft())
 
 
-def _fill(signing: Signing, envelopes: list[Envelope]) -> None:
-    for envelope, signature in zip(envelopes, signing.result(), strict=True):
+def _read_back(signing: Signing, envelopes: list[Envelope]) -> None:
+    _fill(envelopes, signing.result())
+
+
+def _fill(envelopes: list[Envelope], signatures: list[bytes]) -> None:
+    for envelope, signature in zip(envelopes, signatures, strict=True):
         envelope["signature"] = signature.hex()
