@@ -138,8 +138,10 @@ def _print(simulation: Simulation) -> None:
     if not result.offline_run:
         console.print("offline payments: [yellow]not run[/] (their slots are counted as not run)")
     per_second = metrics.settled_count / result.wall_seconds if result.wall_seconds else 0.0
-    console.print(f"wall time {result.wall_seconds:.1f} s; settled {metrics.settled_count:,} "
-                  f"payments ({per_second:,.0f} per second of wall time)")
+    in_ledger = sum(metrics.ledger_seconds.values())
+    console.print(f"wall time {result.wall_seconds:.1f} s ({in_ledger:.1f} s of it in the "
+                  f"ledger's calls); settled {metrics.settled_count:,} payments "
+                  f"({per_second:,.0f} per second of wall time)")
     if simulation.written is not None:
         console.print(f"report   {simulation.written.html}")
         console.print(f"metrics  {simulation.written.metrics}")

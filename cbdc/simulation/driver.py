@@ -62,6 +62,7 @@ from cbdc.simulation.ports import (
 )
 from cbdc.simulation.scenario import PAYMENT_KINDS, Scenario
 from cbdc.simulation.sealing import LaterSeals
+from cbdc.simulation.stopwatch import LedgerStopwatch
 
 CHEATS = ("replay", "over_cap", "forged_signature", "cloned_card")
 REPLAY_MEMORY = 256
@@ -122,7 +123,8 @@ class Driver:
     ) -> None:
         self.scenario = scenario
         self.seed = seed
-        self.port = port
+        self.ledger = LedgerStopwatch(port)
+        self.port: LedgerPort = self.ledger
         self.rng = random.Random(seed)
         self.progress = progress or (lambda _phase, _done, _total: None)
         self.metrics = Metrics(hours=scenario.hours)
@@ -131,7 +133,7 @@ class Driver:
         self.start = datetime.combine(scenario.start_date, clock_time(0), tzinfo=zone)
         self.offline: OfflineDesk | None = None
         if offline_available and isinstance(port, OfflineLedgerPort):
-            self.offline = OfflineDesk(self, port)
+            self.offline = OfflineDesk(self, self.ledger)
         self.offline_available = self.offline is not None
         self.population = Population(scenario, self.rng, seed)
         self.seals = LaterSeals()  # the wallets sign on the worker process, meanwhile
@@ -163,11 +165,12 @@ class Driver:
         )
 
     def _timed(self, phase: str, work: Callable[[], Any]) -> Any:
-        started = time.perf_counter()
+        started, in_ledger = time.perf_counter(), self.ledger.seconds
         try:
             return work()
         finally:
             self.metrics.phase_seconds[phase] = time.perf_counter() - started
+            self.metrics.ledger_seconds[phase] = self.ledger.seconds - in_ledger
 
     def _invariants(self, issuance: RunReport, verdicts: Verdicts) -> dict[str, bool]:
         injections = self.metrics.injections

@@ -112,6 +112,8 @@ class Metrics:
     supply: list[SupplySample] = field(default_factory=list)
     injections: InjectionLedger = field(default_factory=InjectionLedger)
     phase_seconds: dict[str, float] = field(default_factory=dict)
+    # Of each phase's wall time, the seconds spent inside the ledger's port.
+    ledger_seconds: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -203,6 +205,8 @@ class Metrics:
                 for s in self.supply
             ],
             "phase_seconds": {name: round(value, 3) for name, value in self.phase_seconds.items()},
+            "ledger_seconds": {name: round(value, 3)
+                               for name, value in self.ledger_seconds.items()},
             "notes": self.notes,
         }
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cbdc.domain.money import format_yuan
-from cbdc.simulation.metrics import CHEAT_OUTCOMES, DELAY_BUCKETS_HOURS
+from cbdc.simulation.metrics import CHEAT_OUTCOMES, DELAY_BUCKETS_HOURS, Metrics
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -243,7 +243,8 @@ def _html(result: RunResult, data: dict[str, Any], charts: list[Path]) -> str:
         f"<h1>Simulation {e(result.scenario.name)}, seed {result.seed}</h1>",
         f'<p>Verdict: <span class="{"pass" if result.ok else "fail"}">{verdict}</span>. '
         f"Final state hash <code>{e(result.final_state_hash)}</code>. "
-        f"Wall time {result.wall_seconds:.1f} s.</p>",
+        f"Wall time {result.wall_seconds:.1f} s, "
+        f"{sum(result.metrics.ledger_seconds.values()):.1f} s of it in the ledger's calls.</p>",
         "<h2>Invariants</h2>",
         _table(["invariant", "result"],
                [[name, _verdict(ok)] for name, ok in result.invariants.items()], raw=True),
@@ -255,6 +256,9 @@ def _html(result: RunResult, data: dict[str, Any], charts: list[Path]) -> str:
         _table(["kind", *CHEAT_OUTCOMES],
                [[kind, *(str(row[o]) for o in CHEAT_OUTCOMES)]
                 for kind, row in result.metrics.injections.by_kind().items()]),
+        "<h2>Where the time went</h2>",
+        _table(["phase", "wall (s)", "in the ledger (s)", "in the simulation (s)"],
+               _time_rows(result.metrics)),
         "<h2>Charts</h2>",
     ]
     titles = dict(CHARTS)
@@ -294,6 +298,16 @@ def _summary_rows(result: RunResult) -> list[list[str]]:
         ["holdings at the end (CNY)", format_yuan(supply["holdings_fen"])],
         ["offline payments", "run" if result.offline_run else "not run"],
     ]
+
+
+def _time_rows(metrics: Metrics) -> list[list[str]]:
+    """Each phase's wall time, split into the time inside the ledger's calls (in-process: the
+    services and the database; over HTTP: the server and the network) and the rest."""
+    rows = []
+    for phase, wall in metrics.phase_seconds.items():
+        ledger = metrics.ledger_seconds.get(phase, 0.0)
+        rows.append([phase, f"{wall:.1f}", f"{ledger:.1f}", f"{wall - ledger:.1f}"])
+    return rows
 
 
 def _kind_rows(result: RunResult) -> list[list[str]]:

@@ -196,6 +196,20 @@ def test_the_report_renders_with_every_chart_embedded(runs: Runs) -> None:
     assert metrics["final_state_hash"] == runs.first.result.final_state_hash
     assert metrics["invariants"] == runs.first.result.invariants
     assert metrics["payments"]["settled"] == runs.first.result.metrics.settled_count
+    assert "Where the time went" in parser.headings
+
+
+def test_each_phase_says_how_much_of_its_time_the_ledger_took(runs: Runs) -> None:
+    metrics = runs.first.result.metrics
+    phases = metrics.phase_seconds
+    assert set(metrics.ledger_seconds) == set(phases) == {
+        "issuance", "wallets", "payments", "verdicts", "final_state_hash"}
+    for phase, in_ledger in metrics.ledger_seconds.items():
+        assert 0 < in_ledger <= phases[phase], phase
+    # Drawing the payments, the simulated wallets' messages and the offline devices take time
+    # of their own: not all of the payments phase is the ledger's.
+    assert metrics.ledger_seconds["payments"] < phases["payments"]
+    assert metrics.as_dict()["ledger_seconds"].keys() == phases.keys()
 
 
 def test_sqlite_and_postgresql_reach_the_same_final_state(
