@@ -120,6 +120,8 @@ def test_a_tiny_pilot_settles_over_http_and_the_servers_books_hold(
     assert metrics["ok"] is True
     assert all(metrics["invariants"].values())
     assert metrics["final_state_hash"].startswith("http:")
+    # Over HTTP the ledger's share of a phase is the time spent waiting on the server.
+    assert 0 < metrics["ledger_seconds"]["payments"] < metrics["phase_seconds"]["payments"]
     cheats = metrics["cheats"]
     assert set(cheats["by_kind"]) == {"replay", "over_cap", "forged_signature", "cloned_card"}
     assert cheats["caught"] == cheats["injected"] == 17

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -48,6 +49,11 @@ def test_simulate_writes_the_report_and_passes_its_invariants(tmp_path: Path) ->
     assert metrics["scenario"]["payments"] == 200
     assert metrics["final_state_hash"] in result.output
     assert (out / "ledger.sqlite3").exists()
+    said = re.search(r"wall time ([0-9.]+) s \(([0-9.]+) s of it in the ledger's calls\)",
+                     result.output)
+    assert said is not None, result.output
+    assert float(said[2]) <= float(said[1])
+    assert abs(float(said[2]) - sum(metrics["ledger_seconds"].values())) < 0.1
 
 
 def test_scale_multiplies_the_pilot(tmp_path: Path) -> None:
