@@ -64,7 +64,7 @@ def create_app(
     install_error_handlers(app)
     app.add_middleware(BodySizeLimit, max_body_bytes=settings.max_body_bytes)
     routers = (health.router, central_bank.router, reports.router, wallets.router,
-               payments.router, offline.router)
+               wallets.funding_router, payments.router, offline.router)
     for router in routers:
         app.include_router(router)
     docs.install_openapi(app)

@@ -86,6 +86,38 @@ def _batch_result(index: int, answer: payments.Settlement | CbdcError) -> schema
     return schemas.BatchResult(index=index, status=201, settlement=settlement_out(answer))
 
 
+@router.post("/settlements/batch", response_model=schemas.BatchResults, responses=MONEY,
+             summary="Settle up to 1,000 signed payments, captures and refunds, in order, "
+                     "in one unit of work")
+def submit_settlements(
+    body: schemas.SettlementBatch,
+    request: Request,
+    context: Ledger,
+    principal: Operator,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Each item is answered as its own route (`/payments`, `/captures`, `/refunds`) would have
+    answered it had the items before it been sent one by one: a refund may name a payment or
+    capture settled earlier in the same batch."""
+    def settle() -> tuple[int, schemas.BatchResults]:
+        answers = payments.settle_batch(context, [_command(item) for item in body.items])
+        results = [_batch_result(index, answer) for index, answer in enumerate(answers)]
+        settled = sum(1 for result in results if result.settlement is not None)
+        return 200, schemas.BatchResults(settled=settled, refused=len(results) - settled,
+                                         results=results)
+
+    return run_idempotent(request, context, principal, idempotency_key, body, settle)
+
+
+def _command(item: schemas.PaymentItem | schemas.CaptureItem | schemas.RefundItem,
+             ) -> payments.Command:
+    if isinstance(item, schemas.CaptureItem):
+        return payments.CodeCapture(envelope(item.payment_code), envelope(item.capture))
+    if isinstance(item, schemas.RefundItem):
+        return payments.MerchantRefund(envelope(item.refund))
+    return envelope(item.payment)
+
+
 @router.get("/payments/{payment_id}", response_model=schemas.Settlement,
             responses=problems(*AUTHENTICATED, 404),
             summary="A settlement and its receipt (to the payer's or payee's operator)")
@@ -103,6 +135,37 @@ def create_payment_request(
     body: schemas.SignedEnvelope, context: Ledger, _: Operator
 ) -> schemas.PaymentRequest:
     return request_out(merchants.create_payment_request(context, envelope(body)))
+
+
+@router.post("/payment-requests/batch", response_model=schemas.PaymentRequestResults,
+             responses=problems(*AUTHENTICATED, *MOVES_MONEY),
+             summary="Record up to 1,000 merchant-signed payment requests, in order, in one "
+                     "unit of work")
+def create_payment_requests(
+    body: schemas.PaymentRequestBatch,
+    request: Request,
+    context: Ledger,
+    principal: Operator,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Each request is answered as `POST /v1/payment-requests` would have answered it had the
+    ones before it been sent one by one."""
+    def record() -> tuple[int, schemas.PaymentRequestResults]:
+        answers = merchants.create_payment_requests(
+            context, [envelope(item) for item in body.requests])
+        results = [
+            schemas.PaymentRequestResult(index=index, status=answer.status,
+                                         problem=problem_of(answer))
+            if isinstance(answer, CbdcError) else
+            schemas.PaymentRequestResult(index=index, status=201,
+                                         payment_request=request_out(answer))
+            for index, answer in enumerate(answers)
+        ]
+        created = sum(1 for result in results if result.payment_request is not None)
+        return 200, schemas.PaymentRequestResults(created=created, refused=len(results) - created,
+                                                  results=results)
+
+    return run_idempotent(request, context, principal, idempotency_key, body, record)
 
 
 @router.get("/payment-requests/{request_id}", response_model=schemas.PaymentRequest,

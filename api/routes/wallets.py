@@ -3,6 +3,8 @@ balance, limits left and history. Only the operator serving a wallet reaches it.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request
@@ -10,17 +12,20 @@ from fastapi.responses import Response
 
 from api.auth import Ledger, Operator, OwnedWallet, WalletIdPath
 from api.docs import AUTHENTICATED, MOVES_MONEY, WITH_BODY, problems
+from api.errors import problem_of
 from api.idempotency import IdempotencyKey, run_idempotent
 from api.routes.central_bank import entry_out
 from api.schemas import wallets as schemas
 from api.schemas.central_bank import Entry
-from cbdc.domain.errors import NotFound
+from cbdc.domain.errors import CbdcError, NotFound
 from cbdc.domain.identity import IdentityEvidence
 from cbdc.domain.postings import format_timestamp
 from cbdc.domain.tiers import Limits
 from cbdc.services import funding, keys, lookups, wallets
 
 router = APIRouter(prefix="/v1/wallets", tags=["wallets"])
+#: The batch funding routes, which name their wallets in the body.
+funding_router = APIRouter(prefix="/v1", tags=["wallets"])
 PublicKeyPath = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
 WALLET = problems(*AUTHENTICATED, 404)
 WALLET_BODY = problems(*AUTHENTICATED, *WITH_BODY, 404, 409)
@@ -76,6 +81,42 @@ def open_wallet(body: schemas.WalletOpen, context: Ledger, principal: Operator) 
         holder_kind=body.holder_kind, merchant_category_code=body.merchant_category_code,
         reverse_waterfall=body.reverse_waterfall,
     ))
+
+
+@router.post("/batch", response_model=schemas.WalletResults,
+             responses=problems(*AUTHENTICATED, *MOVES_MONEY),
+             summary="Open up to 1,000 wallets, each with its first key, in order, in one "
+                     "unit of work")
+def open_wallets(
+    body: schemas.WalletBatch,
+    request: Request,
+    context: Ledger,
+    principal: Operator,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Each wallet is answered as `POST /v1/wallets` then `POST /v1/wallets/{id}/keys` would
+    have answered it had the ones before it been opened one by one; a refused opening (its key
+    included) leaves nothing behind."""
+    def open_all() -> tuple[int, schemas.WalletResults]:
+        answers = wallets.open_wallets(context, [
+            wallets.WalletOpening(
+                wallet_id=item.wallet_id, operator_code=principal.institution_code,
+                evidence=evidence_of(item.evidence), zone=item.zone,
+                wallet_class=item.wallet_class, holder_kind=item.holder_kind,
+                merchant_category_code=item.merchant_category_code,
+                reverse_waterfall=item.reverse_waterfall, public_key_hex=item.public_key,
+            ) for item in body.wallets])
+        results = [
+            schemas.WalletResult(index=index, status=answer.status, problem=problem_of(answer))
+            if isinstance(answer, CbdcError) else
+            schemas.WalletResult(index=index, status=201, wallet=wallet_out(answer))
+            for index, answer in enumerate(answers)
+        ]
+        opened = sum(1 for result in results if result.wallet is not None)
+        return 200, schemas.WalletResults(opened=opened, refused=len(results) - opened,
+                                          results=results)
+
+    return run_idempotent(request, context, principal, idempotency_key, body, open_all)
 
 
 @router.get("/{wallet_id}", response_model=schemas.Wallet, responses=WALLET,
@@ -190,6 +231,59 @@ def withdraw(
             funding.withdraw(context, body.entry_id, wallet.wallet_id, body.amount_fen)
         )),
     )
+
+
+@funding_router.post("/top-ups/batch", response_model=schemas.FundingResults,
+                     responses=problems(*AUTHENTICATED, *MOVES_MONEY),
+                     summary="Top up to 1,000 of the operator's wallets, in order, in one unit "
+                             "of work")
+def top_ups(
+    body: schemas.FundingBatch,
+    request: Request,
+    context: Ledger,
+    principal: Operator,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Each item is answered as `POST /v1/wallets/{id}/top-ups` would have answered it had the
+    ones before it been sent one by one: another operator's wallet is `wallet_not_found`."""
+    move = partial(funding.top_ups, context, operator_code=principal.institution_code)
+    return run_idempotent(request, context, principal, idempotency_key, body,
+                          lambda: _funded(body, move))
+
+
+@funding_router.post("/withdrawals/batch", response_model=schemas.FundingResults,
+                     responses=problems(*AUTHENTICATED, *MOVES_MONEY),
+                     summary="Withdraw from up to 1,000 of the operator's wallets, in order, in "
+                             "one unit of work")
+def withdrawals(
+    body: schemas.FundingBatch,
+    request: Request,
+    context: Ledger,
+    principal: Operator,
+    idempotency_key: IdempotencyKey = None,
+) -> Response:
+    """Each item is answered as `POST /v1/wallets/{id}/withdrawals` would have answered it had
+    the ones before it been sent one by one."""
+    move = partial(funding.withdrawals, context, operator_code=principal.institution_code)
+    return run_idempotent(request, context, principal, idempotency_key, body,
+                          lambda: _funded(body, move))
+
+
+def _funded(
+    body: schemas.FundingBatch,
+    move: Callable[[list[funding.Funding]], list[funding.FundingResult]],
+) -> tuple[int, schemas.FundingResults]:
+    answers = move([funding.Funding(item.entry_id, item.wallet_id, item.amount_fen)
+                    for item in body.items])
+    results = [
+        schemas.FundingResult(index=index, status=answer.status, problem=problem_of(answer))
+        if isinstance(answer, CbdcError) else
+        schemas.FundingResult(index=index, status=201, entry=entry_out(answer))
+        for index, answer in enumerate(answers)
+    ]
+    posted = sum(1 for result in results if result.entry is not None)
+    return 200, schemas.FundingResults(posted=posted, refused=len(results) - posted,
+                                       results=results)
 
 
 @router.post("/{wallet_id}/keys", status_code=201, response_model=schemas.WalletKey,

@@ -8,13 +8,16 @@ schema checks only the envelope's shape: the message's fields are checked by
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
 
 from api.schemas.common import RequestModel, ResponseModel, StrictStr, Timestamp, examples
 
 BATCH_SIZE_MAX = 1_000
+#: A mixed batch takes fewer items: a capture carries two envelopes, and 500 of them stay well
+#: under the API's 1 MiB body limit (a test checks it).
+SETTLEMENT_BATCH_SIZE_MAX = 500
 
 _PAYMENT_EXAMPLE = {
     "message": {
@@ -65,6 +68,47 @@ class Capture(RequestModel):
     capture: SignedEnvelope
 
 
+class PaymentItem(RequestModel):
+    """A signed payment, in a mixed batch."""
+
+    kind: Literal["payment"]
+    payment: SignedEnvelope
+
+
+class CaptureItem(RequestModel):
+    """A merchant's capture of a customer's payment code, in a mixed batch."""
+
+    kind: Literal["capture"]
+    payment_code: SignedEnvelope
+    capture: SignedEnvelope
+
+
+class RefundItem(RequestModel):
+    """A merchant-signed refund, in a mixed batch."""
+
+    kind: Literal["refund"]
+    refund: SignedEnvelope
+
+
+SettlementItem = Annotated[PaymentItem | CaptureItem | RefundItem, Field(discriminator="kind")]
+
+
+class SettlementBatch(RequestModel):
+    """Payments, captures and refunds, settled in this order in one unit of work."""
+
+    model_config = ConfigDict(json_schema_extra=examples(
+        {"items": [{"kind": "payment", "payment": _PAYMENT_EXAMPLE}]}))
+
+    items: Annotated[list[SettlementItem],
+                     Field(min_length=1, max_length=SETTLEMENT_BATCH_SIZE_MAX)]
+
+
+class PaymentRequestBatch(RequestModel):
+    """Merchant-signed payment requests, recorded in this order in one unit of work."""
+
+    requests: Annotated[list[SignedEnvelope], Field(min_length=1, max_length=BATCH_SIZE_MAX)]
+
+
 class Settlement(ResponseModel):
     """A settled payment, capture or refund, with the receipt the ledger signed."""
 
@@ -104,6 +148,19 @@ class PaymentRequest(ResponseModel):
     status: str
     envelope: dict[str, Any]
     qr: str = Field(description="`CBDC1:` + base64url of the envelope's JCS: the QR payload.")
+
+
+class PaymentRequestResult(ResponseModel):
+    index: int
+    status: int = Field(description="201 recorded, or the status of the problem.")
+    payment_request: PaymentRequest | None = None
+    problem: dict[str, Any] | None = None
+
+
+class PaymentRequestResults(ResponseModel):
+    created: int
+    refused: int
+    results: list[PaymentRequestResult]
 
 
 class LedgerInfo(ResponseModel):

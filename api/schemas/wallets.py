@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
+from api.schemas.central_bank import Entry
 from api.schemas.common import (
     AmountFen,
     EntityId,
@@ -20,6 +21,8 @@ from api.schemas.common import (
 
 WalletClass = Annotated[StrictInt, Field(ge=1, le=4, description="Wallet class 1-4.")]
 ZoneCode = Annotated[StrictStr, Field(pattern=r"^[A-Za-z0-9._-]{1,64}$")]
+#: A batch route takes at most this many items.
+BATCH_SIZE_MAX = 1_000
 PublicKeyHex = Annotated[
     StrictStr, Field(pattern=r"^[0-9a-f]{64}$", description="Ed25519 public key, 64 hex chars.")
 ]
@@ -50,6 +53,18 @@ class WalletOpen(RequestModel):
     holder_kind: Literal["personal", "corporate"] = "personal"
     merchant_category_code: Annotated[StrictStr, Field(pattern=r"^[0-9]{4}$")] | None = None
     reverse_waterfall: StrictBool = False
+
+
+class WalletOpening(WalletOpen):
+    """A wallet to open in a batch, with the first key to enrol on it (optional)."""
+
+    public_key: PublicKeyHex | None = None
+
+
+class WalletBatch(RequestModel):
+    """Wallets for the calling operator, opened in this order in one unit of work."""
+
+    wallets: Annotated[list[WalletOpening], Field(min_length=1, max_length=BATCH_SIZE_MAX)]
 
 
 class ClassChange(RequestModel):
@@ -107,6 +122,22 @@ class Funding(RequestModel):
 
     entry_id: EntityId
     amount_fen: AmountFen
+
+
+class FundingItem(Funding):
+    """A top-up or withdrawal of one of the calling operator's wallets, in a batch."""
+
+    model_config = ConfigDict(json_schema_extra=examples(
+        {"wallet_id": "w-7f3a9c", "entry_id": "topup-2026-03-02-0001", "amount_fen": 50_000}
+    ))
+
+    wallet_id: EntityId
+
+
+class FundingBatch(RequestModel):
+    """Top-ups (or withdrawals), posted in this order in one unit of work."""
+
+    items: Annotated[list[FundingItem], Field(min_length=1, max_length=BATCH_SIZE_MAX)]
 
 
 class KeyEnrol(RequestModel):
@@ -190,3 +221,30 @@ class History(ResponseModel):
     next_before_seq: int | None = Field(
         description="Pass as `before_seq` for the next, older page; null on the last page."
     )
+
+
+class WalletResult(ResponseModel):
+    index: int
+    status: int = Field(description="201 opened (or already open for this holder), or the "
+                                    "status of the problem.")
+    wallet: Wallet | None = None
+    problem: dict[str, object] | None = None
+
+
+class WalletResults(ResponseModel):
+    opened: int
+    refused: int
+    results: list[WalletResult]
+
+
+class FundingResult(ResponseModel):
+    index: int
+    status: int = Field(description="201 posted, or the status of the problem.")
+    entry: Entry | None = None
+    problem: dict[str, object] | None = None
+
+
+class FundingResults(ResponseModel):
+    posted: int
+    refused: int
+    results: list[FundingResult]

@@ -65,19 +65,26 @@ def withdraw(context: LedgerContext, entry_id: str, wallet_id: str, amount_fen: 
     return only(withdrawals(context, [Funding(entry_id, wallet_id, amount_fen)]))
 
 
-def top_ups(context: LedgerContext, items: Sequence[Funding]) -> list[FundingResult]:
-    """Many top-ups in one unit of work; each answer is what :func:`top_up` would have given."""
-    return _fund(context, items, "top_up")
+def top_ups(
+    context: LedgerContext, items: Sequence[Funding], *, operator_code: str | None = None
+) -> list[FundingResult]:
+    """Many top-ups in one unit of work; each answer is what :func:`top_up` would have given.
+    With ``operator_code``, a wallet another operator serves is ``wallet_not_found`` (as over
+    HTTP, where an operator reaches only its own wallets)."""
+    return _fund(context, items, "top_up", operator_code)
 
 
-def withdrawals(context: LedgerContext, items: Sequence[Funding]) -> list[FundingResult]:
+def withdrawals(
+    context: LedgerContext, items: Sequence[Funding], *, operator_code: str | None = None
+) -> list[FundingResult]:
     """Many withdrawals in one unit of work; each answer is what :func:`withdraw` would have
-    given."""
-    return _fund(context, items, "withdrawal")
+    given. ``operator_code``: as for :func:`top_ups`."""
+    return _fund(context, items, "withdrawal", operator_code)
 
 
 def _fund(
-    context: LedgerContext, items: Sequence[Funding], direction: Direction
+    context: LedgerContext, items: Sequence[Funding], direction: Direction,
+    operator_code: str | None,
 ) -> list[FundingResult]:
     results: list[FundingResult | None] = [None] * len(items)
     pending: list[tuple[int, Funding]] = []
@@ -97,6 +104,9 @@ def _fund(
                 if number:
                     rows = load_wallets(connection, [item.wallet_id for _, item in round_],
                                         require_all=False)
+                if operator_code is not None:
+                    rows = {wallet_id: row for wallet_id, row in rows.items()
+                            if row.operator_code == operator_code}
                 _fund_round(context, connection, rows, round_, direction, results)
     assert all(result is not None for result in results)
     return results  # type: ignore[return-value]

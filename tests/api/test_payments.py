@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
+from api.limits import DEFAULT_MAX_BODY_BYTES
+from api.schemas.payments import SETTLEMENT_BATCH_SIZE_MAX
 from cbdc.client import (
     WalletKey,
     build_capture,
@@ -314,3 +316,146 @@ def test_two_payers_racing_for_one_payment_id_get_one_settlement_and_one_conflic
         if answer.status_code == 409:
             assert_problem(answer, 409, "payment_conflict")
     assert journal_length(ledger) == length + 1
+
+
+def _code_and_capture(parties: Parties, clock: ManualClock, name: str,
+                      amount_fen: int) -> dict[str, Any]:
+    code = build_payment_code(
+        parties.customer, ledger_id=parties.ledger_id, code_id=f"code-{name}", payer="w-carol",
+        max_amount_fen=amount_fen, expires_at=clock.now() + timedelta(minutes=1),
+        created_at=clock.now(),
+    )
+    capture = build_capture(
+        parties.shop, ledger_id=parties.ledger_id, capture_id=f"cap-{name}",
+        code_id=f"code-{name}", merchant="w-noodles", amount_fen=amount_fen,
+        created_at=clock.now(),
+    )
+    return {"kind": "capture", "payment_code": dict(code), "capture": dict(capture)}
+
+
+def _refund_item(parties: Parties, clock: ManualClock, refund_id: str, of: str,
+                 amount_fen: int) -> dict[str, Any]:
+    return {"kind": "refund", "refund": dict(build_refund(
+        parties.shop, ledger_id=parties.ledger_id, refund_id=refund_id, payment_id=of,
+        merchant="w-noodles", amount_fen=amount_fen, created_at=clock.now()))}
+
+
+def test_a_mixed_batch_settles_payments_captures_and_refunds_in_order(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock, ledger: LedgerContext
+) -> None:
+    paid = {"kind": "payment", "payment": payment(parties, clock, "mixed-pay", 1_000, 1)}
+    forged = {"kind": "payment", "payment": {
+        **payment(parties, clock, "mixed-forged", 500, 2), "signature": "00" * 64}}
+    items = [
+        paid,
+        _code_and_capture(parties, clock, "mixed", 6_000),
+        _refund_item(parties, clock, "mixed-refund-1", "cap-mixed", 3_000),  # same batch
+        forged,
+        _refund_item(parties, clock, "mixed-refund-2", "cap-mixed", 3_001),  # above what is left
+        _refund_item(parties, clock, "mixed-refund-3", "mixed-pay", 1_000),
+    ]
+    length = journal_length(ledger)
+    headers = money_headers(keys.bank_b)
+    response = client.post("/v1/settlements/batch", json={"items": items}, headers=headers)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["settled"], answer["refused"]) == (4, 2)
+    assert [r["status"] for r in answer["results"]] == [201, 201, 201, 422, 422, 201]
+    assert [r["settlement"]["kind"] for r in answer["results"] if r["settlement"]] == \
+        ["payment", "capture", "refund", "refund"]
+    assert answer["results"][3]["problem"]["code"] == "signature_invalid"
+    assert answer["results"][4]["problem"]["code"] == "refund_exceeds_payment"
+    for result in answer["results"]:
+        if result["settlement"] is not None:
+            receipt = verify_receipt(result["settlement"]["receipt"], parties.receipt_key)
+            assert receipt["receipt_for"] == result["settlement"]["payment_id"]
+    assert journal_length(ledger) == length + 4
+    assert balance(client, keys.bank_a, "w-carol") == yuan(1_000) - 1_000 - 6_000 + 3_000 + 1_000
+    assert balance(client, keys.bank_b, "w-noodles") == 1_000 + 6_000 - 3_000 - 1_000
+
+    again = client.post("/v1/settlements/batch", json={"items": items}, headers=headers)
+    assert again.content == response.content and journal_length(ledger) == length + 4
+    replayed = client.post("/v1/settlements/batch", json={"items": items[:3]},
+                           headers=money_headers(keys.bank_a))  # a new key: each item replayed
+    assert [r["settlement"]["replayed"] for r in replayed.json()["results"]] == [True] * 3
+    assert journal_length(ledger) == length + 4
+    lookup = client.get("/v1/payments/mixed-refund-1", headers=auth(keys.bank_a))
+    assert lookup.status_code == 200 and lookup.json()["kind"] == "refund"
+
+
+def test_a_malformed_or_oversized_mixed_batch_is_refused_whole_and_changes_nothing(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock, ledger: LedgerContext
+) -> None:
+    good = {"kind": "payment", "payment": payment(parties, clock, "whole-1", 100, 1)}
+    before = snapshot(ledger)
+    for body in (
+        {"items": [good, {"kind": "gift", "payment": good["payment"]}]},  # no such kind
+        {"items": [good, {"kind": "capture", "capture": good["payment"]}]},  # no payment code
+        {"items": [good, {"payment": good["payment"]}]},  # no kind
+        {"items": [{**good, "refund": good["payment"]}]},  # a field of another kind
+        {"items": []},
+        {"items": [good] * 1_001},
+        {"payments": [good["payment"]]},
+    ):
+        assert_problem(client.post("/v1/settlements/batch", json=body,
+                                   headers=money_headers(keys.bank_a)), 422, "request_invalid")
+    assert_problem(client.post("/v1/settlements/batch", json={"items": [good]}), 401,
+                   "unauthenticated")
+    assert snapshot(ledger) == before
+
+
+def test_a_batch_of_payment_requests_records_each_and_answers_each_refusal(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock, ledger: LedgerContext
+) -> None:
+    def request(request_id: str, amount_fen: int) -> dict[str, Any]:
+        return dict(build_payment_request(
+            parties.shop, ledger_id=parties.ledger_id, request_id=request_id,
+            merchant="w-noodles", amount_fen=amount_fen, reference=f"table {request_id}",
+            expires_at=clock.now() + timedelta(minutes=10), created_at=clock.now(),
+        ))
+
+    first, second = request("req-batch-1", 4_800), request("req-batch-2", 1_200)
+    forged = {**request("req-batch-3", 900), "signature": "00" * 64}
+    clash = request("req-batch-1", 4_900)  # the first's id, another amount
+    headers = auth(keys.bank_b, "requests-1")
+    before = snapshot(ledger)
+    response = client.post("/v1/payment-requests/batch",
+                           json={"requests": [first, forged, second, clash]}, headers=headers)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["created"], answer["refused"]) == (2, 2)
+    results = answer["results"]
+    assert [r["status"] for r in results] == [201, 422, 201, 409]
+    assert results[1]["problem"]["code"] == "signature_invalid"
+    assert results[3]["problem"]["code"] == "payment_request_conflict"
+    assert decode_qr(results[0]["payment_request"]["qr"]) == first
+    assert results[2]["payment_request"]["status"] == "open"
+    after = snapshot(ledger)
+    assert (after["balances"], after["head"]) == (before["balances"], before["head"])  # no money
+    again = client.post("/v1/payment-requests/batch",
+                        json={"requests": [first, forged, second, clash]}, headers=headers)
+    assert again.content == response.content
+    assert client.get("/v1/payment-requests/req-batch-3", headers=auth(keys.bank_a)).status_code \
+        == 404
+    paid = client.post("/v1/settlements/batch", headers=money_headers(keys.bank_a), json={
+        "items": [{"kind": "payment", "payment": dict(build_payment_for_request(
+            parties.customer, second["message"], payment_id="pay-req-batch-2", payer="w-carol",
+            sequence=1, created_at=clock.now()))}]})
+    assert paid.json()["results"][0]["status"] == 201, paid.text
+    assert client.get("/v1/payment-requests/req-batch-2",
+                      headers=auth(keys.bank_b)).json()["status"] == "paid"
+    assert_problem(client.post("/v1/payment-requests/batch", json={"requests": []},
+                               headers=auth(keys.bank_b)), 422, "request_invalid")
+
+
+def test_a_full_mixed_batch_of_captures_fits_the_body_limit(
+    parties: Parties, clock: ManualClock
+) -> None:
+    """The mixed batch's item cap keeps its largest realistic body (captures, two envelopes
+    each, with ids of the longest kind) under the API's body limit."""
+    long = "x" * 50
+    items = [_code_and_capture(parties, clock, f"{long}-{n:04d}", 2_000_000)
+             for n in range(SETTLEMENT_BATCH_SIZE_MAX)]
+    body = json.dumps({"items": items}).encode()
+    assert len(body) < DEFAULT_MAX_BODY_BYTES
+    assert len(body) > DEFAULT_MAX_BODY_BYTES // 2  # the cap is not far lower than it need be

@@ -216,3 +216,100 @@ def test_parallel_openings_of_one_wallet_id_open_it_once_and_never_fail(
             select(func.count()).select_from(wallets).where(wallets.c.wallet_id == "w-raced")
         ).scalar_one()
     assert count == 1
+
+
+def test_a_batch_opens_wallets_with_their_keys_and_answers_each_refusal(
+    client: TestClient, keys: Keys, ledger: LedgerContext
+) -> None:
+    alice, bob = WalletKey.generate(), WalletKey.generate()
+    body = {"wallets": [
+        {"wallet_id": "w-batch-alice", "zone": "shenzhen", "evidence": {"phone": PHONE},
+         "public_key": alice.public_key_hex},
+        {"wallet_id": "w-batch-class-2", "zone": "shenzhen", "evidence": {"phone": PHONE},
+         "wallet_class": 2},  # class 2 needs more evidence than a phone
+        {"wallet_id": "w-batch-shop", "zone": "beijing", "evidence": FULL_EVIDENCE,
+         "wallet_class": 2, "holder_kind": "corporate", "merchant_category_code": "5812"},
+        {"wallet_id": "w-batch-bob", "zone": "shenzhen", "evidence": {"phone": PHONE},
+         "public_key": alice.public_key_hex},  # alice's key: already enrolled
+        {"wallet_id": "w-batch-bob-2", "zone": "shenzhen", "evidence": {"phone": PHONE},
+         "public_key": bob.public_key_hex},
+    ]}
+    before = snapshot(ledger)
+    response = client.post("/v1/wallets/batch", json=body, headers=auth(keys.bank_a, "open-1"))
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["opened"], answer["refused"]) == (3, 2)
+    results = answer["results"]
+    assert [r["status"] for r in results] == [201, 400, 201, 409, 201]
+    assert results[1]["problem"]["code"] == "identity_evidence_missing"
+    assert results[3]["problem"]["code"] == "public_key_exists"
+    assert [results[i]["wallet"]["operator"] for i in (0, 2, 4)] == ["BANK-A"] * 3
+    assert results[2]["wallet"]["merchant_category_code"] == "5812"
+    listed = client.get("/v1/wallets/w-batch-alice/keys", headers=auth(keys.bank_a)).json()
+    assert [key["public_key"] for key in listed["keys"]] == [alice.public_key_hex]
+    for refused in ("w-batch-class-2", "w-batch-bob"):  # a refused opening leaves nothing
+        assert_problem(client.get(f"/v1/wallets/{refused}", headers=auth(keys.bank_a)), 404,
+                       "wallet_not_found")
+    assert_problem(client.get("/v1/wallets/w-batch-alice", headers=auth(keys.bank_b)), 404,
+                   "wallet_not_found")  # opened for the caller, no one else
+    again = client.post("/v1/wallets/batch", json=body, headers=auth(keys.bank_a, "open-1"))
+    assert again.content == response.content
+    after = snapshot(ledger)
+    assert (after["balances"][:len(before["balances"])], after["head"]) == \
+        (before["balances"], before["head"])  # new zero accounts, no money moved
+    assert_problem(client.post("/v1/wallets/batch", json={"wallets": [body["wallets"][0]] * 1_001},
+                               headers=auth(keys.bank_a)), 422, "request_invalid")
+    assert_problem(client.post("/v1/wallets/batch", json=body, headers=auth(keys.central_bank)),
+                   403, "operator_only")
+    assert_problem(client.post("/v1/wallets/batch", json=body, headers=auth(keys.bank_a)), 400,
+                   "idempotency_key_missing")  # a batch is retried whole, under its key
+
+
+def test_batches_of_top_ups_and_withdrawals_reach_only_the_callers_wallets(
+    client: TestClient, keys: Keys, ledger: LedgerContext
+) -> None:
+    open_wallet(client, keys.bank_a, "w-fund-a")
+    open_wallet(client, keys.bank_b, "w-fund-b")
+    items = [
+        {"wallet_id": "w-fund-a", "entry_id": "batch-top-1", "amount_fen": 50_000},
+        {"wallet_id": "w-fund-b", "entry_id": "batch-top-2", "amount_fen": 50_000},  # BANK-B's
+        {"wallet_id": "w-nobody", "entry_id": "batch-top-3", "amount_fen": 50_000},
+        {"wallet_id": "w-fund-a", "entry_id": "batch-top-4", "amount_fen": yuan(10_000)},  # cap
+        {"wallet_id": "w-fund-a", "entry_id": "batch-top-1", "amount_fen": 50_000},  # a repeat
+        {"wallet_id": "w-fund-a", "entry_id": "batch-top-5", "amount_fen": 20_000},
+    ]
+    headers = money_headers(keys.bank_a)
+    before = snapshot(ledger)
+    response = client.post("/v1/top-ups/batch", json={"items": items}, headers=headers)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    assert (answer["posted"], answer["refused"]) == (3, 3)
+    results = answer["results"]
+    assert [r["status"] for r in results] == [201, 404, 404, 422, 201, 201]
+    assert [r["problem"]["code"] for r in results if r["problem"]] == \
+        ["wallet_not_found", "wallet_not_found", "balance_limit_exceeded"]
+    assert results[4]["entry"]["replayed"] is True
+    assert results[4]["entry"]["seq"] == results[0]["entry"]["seq"]
+    assert client.get("/v1/wallets/w-fund-a", headers=auth(keys.bank_a)).json()["balance_fen"] \
+        == 70_000
+    assert client.get("/v1/wallets/w-fund-b", headers=auth(keys.bank_b)).json()["balance_fen"] \
+        == 0
+    again = client.post("/v1/top-ups/batch", json={"items": items}, headers=headers)
+    assert again.content == response.content
+
+    out = client.post("/v1/withdrawals/batch", headers=money_headers(keys.bank_a), json={
+        "items": [{"wallet_id": "w-fund-a", "entry_id": "batch-out-1", "amount_fen": 60_000},
+                  {"wallet_id": "w-fund-a", "entry_id": "batch-out-2", "amount_fen": 10_001},
+                  {"wallet_id": "w-fund-b", "entry_id": "batch-out-3", "amount_fen": 1}]})
+    assert out.status_code == 200, out.text
+    assert [r["status"] for r in out.json()["results"]] == [201, 422, 404]
+    assert out.json()["results"][1]["problem"]["code"] == "insufficient_funds"
+    assert client.get("/v1/wallets/w-fund-a", headers=auth(keys.bank_a)).json()["balance_fen"] \
+        == 10_000
+    after = snapshot(ledger)
+    assert sum(b for _, b in after["balances"]) == sum(b for _, b in before["balances"])
+    for bad in ({"items": []}, {"items": [{**items[0], "amount_fen": 0}]},
+                {"items": [{**items[0], "amount_fen": 1.5}]}, {"items": [items[0]] * 1_001}):
+        assert_problem(client.post("/v1/top-ups/batch", json=bad,
+                                   headers=money_headers(keys.bank_a)), 422, "request_invalid")
+    assert snapshot(ledger)["balances"] == after["balances"]
