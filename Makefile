@@ -21,7 +21,7 @@ $(VENV)/.installed-test: pyproject.toml | $(BIN)/python
 	touch $@ $(VENV)/.installed-runtime
 
 # The default scenario, the pilot week (10,000 wallets, 500 merchants, 100,000 payments; about
-# 90 s on a 2-core machine) on a fresh SQLite file $(DEMO_DIR)/ledger.sqlite3: issuance
+# 70 s on a 2-core machine) on a fresh SQLite file $(DEMO_DIR)/ledger.sqlite3: issuance
 # run, wallets, payments and cheats, then reconciliation and audit; prints where the report is.
 # A tenth of it in about 15 s: `.venv/bin/cbdc simulate examples/demo-scenario.toml --seed 42`.
 demo: $(VENV)/.installed-runtime

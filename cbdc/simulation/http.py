@@ -1,11 +1,13 @@
 """The HTTP adapter: the driver's commands as requests to a running ``cbdc serve``.
 
-It speaks to the API as a real client would: the central bank's key for the issuance run, the
-supply report and the audit; each operator's key for the wallets it serves (opening, keys,
-top-ups, withdrawals); signed payments relayed in ``/v1/payments/batch`` calls and captures,
-refunds and payment requests one by one. Every money-moving POST carries an ``Idempotency-Key``
-(the run's own counter: unique per request of this run). Refusals come back as problem
-documents whose ``code`` is the same as in-process.
+It speaks to the API as a real client would, in the batch routes a bank's back office would
+use: the central bank's key for the issuance run, the supply report and the audit; each
+operator's key for the wallets it serves (``/v1/wallets/batch``, each wallet with its key;
+``/v1/top-ups/batch``, ``/v1/withdrawals/batch``); payment requests relayed in
+``/v1/payment-requests/batch`` calls, and signed payments, captures and refunds, in order, in
+``/v1/settlements/batch`` calls. Every money-moving POST carries an ``Idempotency-Key`` (the
+run's own counter: unique per request of this run). Refusals come back as problem documents
+whose ``code`` is the same as in-process.
 
 Operator keys can only be made on the server's database (``cbdc apikey create CODE``, once the
 operator is registered), so they are given to the adapter; see docs/simulation.md.
@@ -58,9 +60,10 @@ from cbdc.simulation.ports import (
 _I = TypeVar("_I")
 _A = TypeVar("_A")
 
-#: ``/v1/payments/batch`` takes at most this many payments.
+#: A batch route takes at most this many items; ``/v1/settlements/batch`` (a capture carries two
+#: envelopes) :data:`SETTLEMENT_BATCH_SIZE_MAX`.
 BATCH_SIZE_MAX = 1_000
-_STAGE = (OpenWallet, TopUp, PresentRequest)
+SETTLEMENT_BATCH_SIZE_MAX = 500
 
 
 class HttpLedger:
@@ -123,22 +126,32 @@ class HttpLedger:
         return report
 
     def submit(self, batch: Sequence[Timed]) -> list[Outcome]:
-        """The in-process order: what sets the stage, then the signed payments in batch calls,
-        then captures, refunds and withdrawals, each in the batch's order."""
+        """The in-process order, each step in batch calls of the batch's commands in order: the
+        wallets open with their keys (``/v1/wallets/batch``, as their operator), the payment
+        requests are presented (``/v1/payment-requests/batch``), the top-ups are made
+        (``/v1/top-ups/batch``, as each wallet's operator), every signed payment, capture and
+        refund is settled (``/v1/settlements/batch``), and the withdrawals are made last
+        (``/v1/withdrawals/batch``)."""
         outcomes: list[Outcome | None] = [None] * len(batch)
-        for index, timed in enumerate(batch):
-            if isinstance(timed.command, _STAGE):
-                outcomes[index] = self._one(timed.command)
-        paying = [index for index, timed in enumerate(batch) if isinstance(timed.command, Pay)]
-        for start in range(0, len(paying), BATCH_SIZE_MAX):
-            chunk = paying[start:start + BATCH_SIZE_MAX]
-            envelopes = [batch[index].command.payment for index in chunk]  # type: ignore[union-attr]
-            for index, outcome in zip(chunk, self._pay(envelopes), strict=True):
-                outcomes[index] = outcome
-        for index, timed in enumerate(batch):
-            if outcomes[index] is None:
-                outcomes[index] = self._one(timed.command)
-        assert all(outcome is not None for outcome in outcomes)
+        steps: list[tuple[tuple[type, ...], Callable[[Command], str | None], int, _Send]] = [
+            ((OpenWallet,), _opening_operator, BATCH_SIZE_MAX, self._open),
+            ((PresentRequest,), _anyone, BATCH_SIZE_MAX, self._present),
+            ((TopUp,), self._funding_operator, BATCH_SIZE_MAX, self._top_up),
+            ((Pay, Capture, Refund), _anyone, SETTLEMENT_BATCH_SIZE_MAX, self._settle),
+            ((Withdraw,), self._funding_operator, BATCH_SIZE_MAX, self._withdraw),
+        ]
+        for kinds, operator_of, most, send in steps:
+            by_operator: dict[str | None, list[int]] = {}
+            for index, timed in enumerate(batch):
+                if isinstance(timed.command, kinds):
+                    by_operator.setdefault(operator_of(timed.command), []).append(index)
+            for operator, chosen in by_operator.items():
+                for start in range(0, len(chosen), most):
+                    chunk = chosen[start:start + most]
+                    answers = send(operator, [batch[index].command for index in chunk])
+                    for index, outcome in zip(chunk, answers, strict=True):
+                        outcomes[index] = outcome
+        assert all(outcome is not None for outcome in outcomes), "a command kind not sent"
         return outcomes  # type: ignore[return-value]
 
     def supply(self, hour: int) -> SupplySample:
@@ -225,64 +238,52 @@ class HttpLedger:
 
     # -- commands -----------------------------------------------------------------------------
 
-    def _one(self, command: Command) -> Outcome:
+    def _funding_operator(self, command: Command) -> str | None:
+        """A top-up or withdrawal goes as its wallet's operator (unknown: as any operator, and
+        the server answers ``wallet_not_found``)."""
+        assert isinstance(command, TopUp | Withdraw)
+        return self.wallet_operator.get(command.wallet_id)
+
+    def _open(self, operator: str | None, commands: Sequence[Command]) -> list[Outcome]:
+        openings = [command for command in commands if isinstance(command, OpenWallet)]
+        assert operator is not None and len(openings) == len(commands)
+        outcomes = self._batch(operator, "/v1/wallets/batch",
+                               {"wallets": [_opening(command) for command in openings]},
+                               "wallet", lambda _: Outcome(ok=True))
+        for command, outcome in zip(openings, outcomes, strict=True):
+            if outcome.ok:
+                self.wallet_operator[command.wallet_id] = operator
+        return outcomes
+
+    def _present(self, _: str | None, commands: Sequence[Command]) -> list[Outcome]:
+        return self._batch(None, "/v1/payment-requests/batch",
+                           {"requests": [dict(command.request) for command in commands
+                                         if isinstance(command, PresentRequest)]},
+                           "payment_request", lambda _: Outcome(ok=True))
+
+    def _top_up(self, operator: str | None, commands: Sequence[Command]) -> list[Outcome]:
+        return self._batch(operator, "/v1/top-ups/batch", {"items": _funding(commands)},
+                           "entry", _posted)
+
+    def _withdraw(self, operator: str | None, commands: Sequence[Command]) -> list[Outcome]:
+        return self._batch(operator, "/v1/withdrawals/batch", {"items": _funding(commands)},
+                           "entry", _posted)
+
+    def _settle(self, _: str | None, commands: Sequence[Command]) -> list[Outcome]:
+        return self._batch(None, "/v1/settlements/batch",
+                           {"items": [_item(command) for command in commands]},
+                           "settlement", _settled)
+
+    def _batch(self, operator: str | None, path: str, body: dict[str, list[Any]], answered: str,
+               outcome: Callable[[Mapping[str, Any]], Outcome]) -> list[Outcome]:
+        """One batch call; each result's ``answered`` member made an outcome, or its problem's
+        code a refusal."""
+        (items,) = body.values()
         try:
-            return self._apply(command)
-        except _Refused as refused:
-            return Outcome.refused(refused.code)
-
-    def _apply(self, command: Command) -> Outcome:
-        if isinstance(command, OpenWallet):
-            return self._open(command)
-        if isinstance(command, TopUp | Withdraw):
-            kind = "top-ups" if isinstance(command, TopUp) else "withdrawals"
-            answer = self._operator(self.wallet_operator.get(command.wallet_id), "POST",
-                                    f"/v1/wallets/{command.wallet_id}/{kind}",
-                                    {"entry_id": command.entry_id,
-                                     "amount_fen": command.amount_fen}, money=True)
-            return Outcome(ok=True, replayed=bool(answer["replayed"]))
-        if isinstance(command, PresentRequest):
-            self._operator(None, "POST", "/v1/payment-requests", dict(command.request))
-            return Outcome(ok=True)
-        if isinstance(command, Capture):
-            return _settled(self._operator(None, "POST", "/v1/captures", {
-                "payment_code": dict(command.code), "capture": dict(command.capture),
-            }, money=True))
-        if isinstance(command, Refund):
-            return _settled(self._operator(None, "POST", "/v1/refunds", dict(command.refund),
-                                           money=True))
-        if isinstance(command, Pay):
-            return self._pay([command.payment])[0]
-        raise AssertionError(f"unknown command {command!r}")
-
-    def _open(self, command: OpenWallet) -> Outcome:
-        holder = command.holder
-        evidence: dict[str, Any] = {"phone": holder.phone, "in_person": holder.in_person}
-        if holder.id_document is not None:
-            evidence["id_document"] = holder.id_document
-        if holder.bank_account is not None:
-            evidence["bank_account"] = holder.bank_account
-        body: dict[str, Any] = {
-            "wallet_id": command.wallet_id, "zone": command.zone, "evidence": evidence,
-            "wallet_class": command.wallet_class,
-            "holder_kind": "corporate" if command.merchant_category_code else "personal",
-        }
-        if command.merchant_category_code is not None:
-            body["merchant_category_code"] = command.merchant_category_code
-        self._operator(command.operator_code, "POST", "/v1/wallets", body)
-        self.wallet_operator[command.wallet_id] = command.operator_code
-        self._operator(command.operator_code, "POST", f"/v1/wallets/{command.wallet_id}/keys",
-                       {"public_key": command.public_key_hex})
-        return Outcome(ok=True)
-
-    def _pay(self, envelopes: Sequence[Any]) -> list[Outcome]:
-        try:
-            answer = self._operator(None, "POST", "/v1/payments/batch",
-                                    {"payments": [dict(envelope) for envelope in envelopes]},
-                                    money=True)
-        except _Refused as refused:  # the whole batch refused (its shape): each payment too
-            return [Outcome.refused(refused.code)] * len(envelopes)
-        return [_settled(result["settlement"]) if result["settlement"] is not None
+            answer = self._operator(operator, "POST", path, body, money=True)
+        except _Refused as refused:  # the whole batch refused (its shape): each item too
+            return [Outcome.refused(refused.code)] * len(items)
+        return [outcome(result[answered]) if result[answered] is not None
                 else Outcome.refused(str(result["problem"]["code"]))
                 for result in answer["results"]]
 
@@ -362,6 +363,60 @@ def _planned(operator: PlannedOperator) -> dict[str, Any]:
     if operator.quota_fen is not None:
         planned["quota_fen"] = operator.quota_fen
     return planned
+
+
+_Send = Callable[[str | None, Sequence[Command]], list[Outcome]]
+
+
+def _anyone(_: Command) -> None:
+    """Relayed by any operator: what the wallet signed (payments, captures, refunds, payment
+    requests)."""
+    return None
+
+
+def _opening_operator(command: Command) -> str:
+    assert isinstance(command, OpenWallet)
+    return command.operator_code
+
+
+def _opening(command: OpenWallet) -> dict[str, Any]:
+    holder = command.holder
+    evidence: dict[str, Any] = {"phone": holder.phone, "in_person": holder.in_person}
+    if holder.id_document is not None:
+        evidence["id_document"] = holder.id_document
+    if holder.bank_account is not None:
+        evidence["bank_account"] = holder.bank_account
+    body: dict[str, Any] = {
+        "wallet_id": command.wallet_id, "zone": command.zone, "evidence": evidence,
+        "wallet_class": command.wallet_class,
+        "holder_kind": "corporate" if command.merchant_category_code else "personal",
+        "public_key": command.public_key_hex,
+    }
+    if command.merchant_category_code is not None:
+        body["merchant_category_code"] = command.merchant_category_code
+    return body
+
+
+def _funding(commands: Sequence[Command]) -> list[dict[str, Any]]:
+    return [{"wallet_id": command.wallet_id, "entry_id": command.entry_id,
+             "amount_fen": command.amount_fen}
+            for command in commands if isinstance(command, TopUp | Withdraw)]
+
+
+def _posted(entry: Mapping[str, Any]) -> Outcome:
+    return Outcome(ok=True, replayed=bool(entry["replayed"]))
+
+
+def _item(command: Command) -> dict[str, Any]:
+    """A payment, capture or refund as an item of ``/v1/settlements/batch``."""
+    if isinstance(command, Pay):
+        return {"kind": "payment", "payment": dict(command.payment)}
+    if isinstance(command, Capture):
+        return {"kind": "capture", "payment_code": dict(command.code),
+                "capture": dict(command.capture)}
+    if isinstance(command, Refund):
+        return {"kind": "refund", "refund": dict(command.refund)}
+    raise AssertionError(f"not a settlement: {command!r}")
 
 
 def _settled(settlement: Mapping[str, Any]) -> Outcome:

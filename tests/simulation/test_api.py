@@ -20,12 +20,15 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
+from api.schemas import payments as payment_schemas
+from api.schemas import wallets as wallet_schemas
 from api.schemas.offline import UPLOAD_SIZE_MAX
 from cbdc.cli import app
 from cbdc.domain.errors import CbdcError
 from cbdc.services import apikeys, issuance
 from cbdc.services.context import open_ledger
 from cbdc.services.offline import DeviceLoad, DeviceRequest, Upload
+from cbdc.simulation import http
 from cbdc.simulation.http import HttpLedger
 from cbdc.simulation.offline import UPLOAD_ENVELOPES_MAX
 from cbdc.simulation.runner import parse_operator_keys
@@ -167,6 +170,11 @@ def test_api_refuses_to_run_without_the_operators_keys(server: Server, tmp_path:
 
 def test_the_simulation_uploads_no_more_than_the_api_takes_in_one_upload() -> None:
     assert UPLOAD_ENVELOPES_MAX == UPLOAD_SIZE_MAX
+
+
+def test_the_simulation_batches_no_more_than_the_api_takes_in_one_batch() -> None:
+    assert http.BATCH_SIZE_MAX == payment_schemas.BATCH_SIZE_MAX == wallet_schemas.BATCH_SIZE_MAX
+    assert http.SETTLEMENT_BATCH_SIZE_MAX == payment_schemas.SETTLEMENT_BATCH_SIZE_MAX
 
 
 def test_refused_device_calls_are_answered_in_place_with_the_servers_code(
