@@ -19,6 +19,7 @@ from api.schemas import payments as schemas
 from cbdc.domain.errors import CbdcError, NotFound
 from cbdc.domain.postings import format_timestamp
 from cbdc.services import lookups, merchants, payments
+from cbdc.services.context import LedgerContext
 
 router = APIRouter(prefix="/v1", tags=["payments"])
 IdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
@@ -70,14 +71,19 @@ def submit_batch(
     principal: Operator,
     idempotency_key: IdempotencyKey = None,
 ) -> Response:
-    def settle() -> tuple[int, schemas.BatchResults]:
-        answers = payments.settle_payments(context, [envelope(item) for item in body.payments])
-        results = [_batch_result(index, answer) for index, answer in enumerate(answers)]
-        settled = sum(1 for result in results if result.settlement is not None)
-        return 200, schemas.BatchResults(settled=settled, refused=len(results) - settled,
-                                         results=results)
+    commands = [envelope(item) for item in body.payments]
+    return run_idempotent(request, context, principal, idempotency_key, body,
+                          lambda: _settled_batch(context, commands))
 
-    return run_idempotent(request, context, principal, idempotency_key, body, settle)
+
+def _settled_batch(
+    context: LedgerContext, commands: list[payments.Command]
+) -> tuple[int, schemas.BatchResults]:
+    answers = payments.settle_batch(context, commands)
+    results = [_batch_result(index, answer) for index, answer in enumerate(answers)]
+    settled = sum(1 for result in results if result.settlement is not None)
+    return 200, schemas.BatchResults(settled=settled, refused=len(results) - settled,
+                                     results=results)
 
 
 def _batch_result(index: int, answer: payments.Settlement | CbdcError) -> schemas.BatchResult:
@@ -99,14 +105,9 @@ def submit_settlements(
     """Each item is answered as its own route (`/payments`, `/captures`, `/refunds`) would have
     answered it had the items before it been sent one by one: a refund may name a payment or
     capture settled earlier in the same batch."""
-    def settle() -> tuple[int, schemas.BatchResults]:
-        answers = payments.settle_batch(context, [_command(item) for item in body.items])
-        results = [_batch_result(index, answer) for index, answer in enumerate(answers)]
-        settled = sum(1 for result in results if result.settlement is not None)
-        return 200, schemas.BatchResults(settled=settled, refused=len(results) - settled,
-                                         results=results)
-
-    return run_idempotent(request, context, principal, idempotency_key, body, settle)
+    commands = [_command(item) for item in body.items]
+    return run_idempotent(request, context, principal, idempotency_key, body,
+                          lambda: _settled_batch(context, commands))
 
 
 def _command(item: schemas.PaymentItem | schemas.CaptureItem | schemas.RefundItem,
