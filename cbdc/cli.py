@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from functools import wraps
@@ -23,11 +24,12 @@ from rich.table import Table
 
 from cbdc.domain.errors import CbdcError
 from cbdc.domain.money import format_yuan
-from cbdc.services import apikeys
+from cbdc.services import apikeys, issuance
 from cbdc.services.audit import AuditReport, run_audit
 from cbdc.services.context import LedgerContext, open_ledger
 from cbdc.services.issuance_run import RunReport, execute_plan, load_plan
 from cbdc.services.reconcile import SupplyReport, supply_report
+from cbdc.simulation.scenario import default_scenario, load_scenario
 from cbdc.storage import migrate
 from cbdc.storage.engine import (
     ENV_DATABASE_URL,
@@ -304,6 +306,38 @@ def apikey_revoke(prefix: str, database_url: DatabaseUrl = None) -> None:
     finally:
         context.dispose()
     console.print(f"revoked {count} key(s)")
+
+
+@app.command("simulate-setup")
+@domain_errors
+def simulate_setup(
+    scenario_path: Annotated[
+        Path | None,
+        typer.Argument(metavar="[SCENARIO.toml]",
+                       help="The scenario to run (default: the built-in pilot week)."),
+    ] = None,
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Prepare a server's database for `cbdc simulate --api`: migrate it, register the
+    scenario's operators, and create the central bank's API key and one for each operator.
+    The keys are printed as shell exports, so that `eval "$(cbdc simulate-setup ...)"` hands
+    them to `cbdc simulate --api URL`."""
+    url = _url(database_url)
+    scenario = load_scenario(scenario_path) if scenario_path else default_scenario()
+    migrate.upgrade(url)
+    context = open_ledger(url)
+    try:
+        pairs = []
+        for spec in scenario.operators:
+            issuance.create_operator(context, spec.code, spec.name)
+            pairs.append(f"{spec.code}={apikeys.create_api_key(context, spec.code)[1]}")
+        _, central_bank_key = apikeys.create_api_key(context, "central-bank")
+    finally:
+        context.dispose()
+    errors.print(f"{len(pairs)} operators registered; API keys for the central bank and each "
+                 "operator (store them now, they are not shown again):", highlight=False)
+    print(f"export CBDC_API_KEY={shlex.quote(central_bank_key)}")
+    print(f"export CBDC_SIM_OPERATOR_KEYS={shlex.quote(' '.join(pairs))}")
 
 
 @app.command("serve")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import socket
 import subprocess
 import sys
@@ -25,15 +26,13 @@ from api.schemas import wallets as wallet_schemas
 from api.schemas.offline import UPLOAD_SIZE_MAX
 from cbdc.cli import app
 from cbdc.domain.errors import CbdcError
-from cbdc.services import apikeys, issuance
+from cbdc.services import apikeys
 from cbdc.services.context import open_ledger
 from cbdc.services.offline import DeviceLoad, DeviceRequest, Upload
 from cbdc.simulation import http
 from cbdc.simulation.http import HttpLedger
 from cbdc.simulation.offline import UPLOAD_ENVELOPES_MAX
 from cbdc.simulation.runner import parse_operator_keys
-from cbdc.simulation.scenario import load_scenario
-from cbdc.storage import migrate
 from cbdc.storage.engine import ENV_DATABASE_URL
 from cbdc.storage.tables import offline_payments, payments
 from tests.simulation.test_command import tiny_scenario
@@ -71,19 +70,16 @@ def _free_port() -> int:
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[Server]:
-    """`cbdc serve` on a fresh migrated SQLite file, with the scenario's operators registered
-    and a key for each (what `cbdc apikey create CODE` does on the server's database)."""
+    """`cbdc serve` on a fresh SQLite file that `cbdc simulate-setup` prepared: migrated, the
+    scenario's operators registered, a key for the central bank and for each operator."""
     url = f"sqlite:///{tmp_path / 'served.sqlite3'}"
-    migrate.upgrade(url)
-    context = open_ledger(url)
-    try:
-        _, central_bank_key = apikeys.create_api_key(context, "central-bank")
-        operator_keys = []
-        for spec in load_scenario(tiny_scenario(tmp_path)).operators:
-            issuance.create_operator(context, spec.code, spec.name)
-            operator_keys.append(f"{spec.code}={apikeys.create_api_key(context, spec.code)[1]}")
-    finally:
-        context.dispose()
+    setup = runner.invoke(app, ["simulate-setup", str(tiny_scenario(tmp_path)),
+                                "--database-url", url])
+    assert setup.exit_code == 0, setup.output
+    exports = dict(shlex.split(line.removeprefix("export "))[0].split("=", 1)
+                   for line in setup.stdout.splitlines())
+    central_bank_key = exports["CBDC_API_KEY"]
+    operator_keys = exports["CBDC_SIM_OPERATOR_KEYS"].split()
     port = _free_port()
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("cbdc")), "serve", "--port", str(port)],
@@ -197,3 +193,28 @@ def test_refused_device_calls_are_answered_in_place_with_the_servers_code(
         "wallet_not_found", "wallet_not_found", "offline_device_not_found",
         "offline_device_not_found"]
     assert cases == {}
+
+
+def test_setup_runs_again_with_new_keys_and_refuses_an_operator_named_otherwise(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'pilot.sqlite3'}"
+    scenario = tiny_scenario(tmp_path)
+    first, second = (runner.invoke(app, ["simulate-setup", str(scenario), "--database-url", url])
+                     for _ in range(2))
+    assert first.exit_code == second.exit_code == 0, (first.output, second.output)
+    assert first.stdout != second.stdout  # the operators found again, keys made anew
+    context = open_ledger(url)
+    try:
+        for result in (first, second):
+            key = shlex.split(result.stdout.splitlines()[0].removeprefix("export "))[0]
+            assert apikeys.verify_api_key(context, key.split("=", 1)[1]).institution_code == \
+                "central-bank"
+    finally:
+        context.dispose()
+    renamed = tmp_path / "renamed.toml"
+    renamed.write_text(scenario.read_text(encoding="utf-8").replace(
+        'name = "Industrial and Commercial Bank of China"', 'name = "Another bank"'),
+        encoding="utf-8")
+    refused = runner.invoke(app, ["simulate-setup", str(renamed), "--database-url", url])
+    assert refused.exit_code == 2 and "operator_exists" in refused.output
