@@ -459,3 +459,32 @@ def test_a_full_mixed_batch_of_captures_fits_the_body_limit(
     body = json.dumps({"items": items}).encode()
     assert len(body) < DEFAULT_MAX_BODY_BYTES
     assert len(body) > DEFAULT_MAX_BODY_BYTES // 2  # the cap is not far lower than it need be
+
+
+def test_parallel_retries_of_one_mixed_batch_settle_each_item_once(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock, ledger: LedgerContext
+) -> None:
+    """A back office retries one batch (a payment, a capture and a refund of it) from several
+    threads under keys of their own: each item settles once, every answer is its settlement,
+    never a server error."""
+    items = [
+        {"kind": "payment", "payment": payment(parties, clock, "raced-pay", 1_500, 1)},
+        _code_and_capture(parties, clock, "raced", 4_000),
+        _refund_item(parties, clock, "raced-refund", "cap-raced", 1_000),
+    ]
+    length = journal_length(ledger)
+
+    def send(number: int) -> Any:
+        return client.post("/v1/settlements/batch", json={"items": items},
+                           headers=auth(keys.bank_b, f"batch-race-{number}"))
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(send, range(12)))
+    assert [a.status_code for a in answers] == [200] * 12, [a.text for a in answers]
+    for position in range(3):
+        results = [a.json()["results"][position] for a in answers]
+        assert {r["status"] for r in results} == {201}, results
+        assert sum(not r["settlement"]["replayed"] for r in results) == 1
+        assert len({r["settlement"]["entry_seq"] for r in results}) == 1
+    assert journal_length(ledger) == length + 3
+    assert balance(client, keys.bank_a, "w-carol") == yuan(1_000) - 1_500 - 4_000 + 1_000
