@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.exc import OperationalError
 
 from cbdc.domain.errors import CbdcError
 from cbdc.domain.money import format_yuan
@@ -33,6 +34,7 @@ from cbdc.simulation.scenario import default_scenario, load_scenario
 from cbdc.storage import migrate
 from cbdc.storage.engine import (
     ENV_DATABASE_URL,
+    database_unavailable,
     database_url_from_env,
     make_engine,
     normalise_url,
@@ -60,6 +62,14 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
+def print_error(error: CbdcError) -> None:
+    """One line on stderr: ``error [code] detail``."""
+    # escape(): Rich reads "[plan_invalid]" (or "[[orders]]" in a detail) as markup and would
+    # silently drop the stable code the caller switches on.
+    errors.print(f"[bold red]error[/] {escape(f'[{error.code}]')} {escape(error.detail)}",
+                 highlight=False)
+
+
 def domain_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Turn a domain error into one line with its stable code and exit status 2."""
 
@@ -67,13 +77,12 @@ def domain_errors(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
+        except OperationalError as error:
+            failed = database_unavailable(error)
+            print_error(failed)
+            raise typer.Exit(2) from failed
         except CbdcError as error:
-            # escape(): Rich reads "[plan_invalid]" (or "[[orders]]" in a detail) as markup
-            # and would silently drop the stable code the caller switches on.
-            errors.print(
-                f"[bold red]error[/] {escape(f'[{error.code}]')} {escape(error.detail)}",
-                highlight=False,
-            )
+            print_error(error)
             raise typer.Exit(2) from error
 
     return wrapper

@@ -264,6 +264,12 @@ class SchemaOutOfDate(CbdcError):
     title = "Database schema is behind the code"
 
 
+class DatabaseUnavailable(CbdcError):
+    code = "database_unavailable"
+    status = 503
+    title = "The ledger database is unavailable"
+
+
 class ApiUnavailable(CbdcError):
     code = "api_unavailable"
     status = 503

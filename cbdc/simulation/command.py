@@ -22,6 +22,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from sqlalchemy.exc import OperationalError
 
 from cbdc.domain.errors import CbdcError, InvalidRequest
 from cbdc.domain.money import format_yuan
@@ -35,6 +36,7 @@ from cbdc.simulation.runner import (
     simulate,
 )
 from cbdc.simulation.scenario import default_scenario, load_scenario
+from cbdc.storage.engine import database_unavailable
 
 console = Console(width=None if sys.stdout.isatty() else 132)
 errors = Console(stderr=True)
@@ -99,13 +101,21 @@ def simulate_command(
                 progress.update(tasks[phase], completed=done, total=total)
 
             simulation = simulate(scenario, seed, port=port, out=out, progress=advance)
+    except OperationalError as error:
+        failed = database_unavailable(error)
+        _print_error(failed)
+        raise typer.Exit(2) from failed
     except CbdcError as error:
-        errors.print(f"[bold red]error[/] {escape(f'[{error.code}]')} {escape(error.detail)}",
-                     highlight=False)
+        _print_error(error)
         raise typer.Exit(2) from error
     _print(simulation)
     if not simulation.result.ok:
         raise typer.Exit(1)
+
+
+def _print_error(error: CbdcError) -> None:
+    errors.print(f"[bold red]error[/] {escape(f'[{error.code}]')} {escape(error.detail)}",
+                 highlight=False)
 
 
 def _progress() -> Progress:

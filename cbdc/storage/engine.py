@@ -18,7 +18,9 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import ArgumentError, DBAPIError, OperationalError
+
+from cbdc.domain.errors import DatabaseUnavailable, InvalidRequest
 
 DEFAULT_DATABASE_URL = "sqlite:///cbdc.sqlite3"
 ENV_DATABASE_URL = "CBDC_DATABASE_URL"
@@ -37,11 +39,31 @@ def database_url_from_env() -> str:
 
 
 def normalise_url(url: str) -> str:
-    """Send plain ``postgresql://`` URLs to psycopg 3 rather than SQLAlchemy's psycopg2 default."""
-    parsed = make_url(url)
+    """Send plain ``postgresql://`` URLs to psycopg 3 rather than SQLAlchemy's psycopg2 default.
+    A text that is not a URL of one of the two engines is ``database_url_invalid``."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise _invalid_url(f"not a database URL: {url!r}") from None
     if parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise _invalid_url(f"cbdc runs on SQLite (sqlite:///FILE) or PostgreSQL "
+                           f"(postgresql://USER@HOST/DB), not {parsed.drivername}")
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise _invalid_url("cbdc needs a SQLite file (WAL and several connections need one)")
     return parsed.render_as_string(hide_password=False)
+
+
+def database_unavailable(error: OperationalError) -> DatabaseUnavailable:
+    """The driver's refusal (a server that does not answer, a file that cannot be opened, a
+    lock held too long) as a domain error, with the driver's first line as its detail."""
+    first_line = str(error.orig or error).strip().splitlines()[0]
+    return DatabaseUnavailable(f"the ledger database is unavailable: {first_line}")
+
+
+def _invalid_url(detail: str) -> InvalidRequest:
+    return InvalidRequest(detail, code="database_url_invalid", field="database_url")
 
 
 def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
@@ -54,8 +76,6 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
 
 def _sqlite_engine(url: str, **kwargs: Any) -> Engine:
     kwargs.setdefault("connect_args", {"check_same_thread": False, "timeout": 30})
-    if make_url(url).database in (None, "", ":memory:"):
-        raise ValueError("cbdc needs a SQLite file (WAL and several connections need one)")
     engine = create_engine(url, **kwargs)
 
     @event.listens_for(engine, "connect")

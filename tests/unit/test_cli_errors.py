@@ -1,0 +1,73 @@
+"""Every command that opens the ledger answers a database URL it cannot use with one line, a
+stable code and exit status 2: ``database_url_invalid`` for a text that is not a URL of SQLite
+(a file) or PostgreSQL, ``database_unavailable`` for a database that does not answer. No
+traceback, and nothing is created."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cbdc.cli import app
+from cbdc.domain.errors import InvalidRequest
+from cbdc.storage.engine import normalise_url
+
+runner = CliRunner()
+PLAN = str(Path(__file__).parents[2] / "examples" / "issuance-plan.toml")
+COMMANDS = [
+    ["audit"], ["reconcile"], ["db", "upgrade"], ["db", "current"], ["issue", "run", PLAN],
+    ["apikey", "list"], ["apikey", "create", "central-bank"], ["simulate-setup"], ["serve"],
+]
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])  # closed again when the probe is
+
+
+@pytest.mark.parametrize("url", ["foo://bar", "not a url", "sqlite://", "sqlite:///:memory:",
+                                 "mysql://root@localhost/cbdc"])
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_a_url_that_is_not_a_ledger_database_is_refused_by_code(
+    command: list[str], url: str
+) -> None:
+    result = runner.invoke(app, [*command, "--database-url", url])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error [database_url_invalid] "), result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
+def test_a_database_that_does_not_answer_is_unavailable(
+    command: list[str], tmp_path: Path
+) -> None:
+    missing = tmp_path / "no-such-folder" / "ledger.sqlite3"
+    for url in (f"sqlite:///{missing}", f"postgresql://cbdc@127.0.0.1:{_closed_port()}/cbdc"):
+        result = runner.invoke(app, [*command, "--database-url", url])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error [database_unavailable] the ledger database is "
+                                        "unavailable: "), result.output
+    assert not missing.parent.exists()
+
+
+def test_the_simulation_refuses_such_urls_the_same_way(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    invalid = runner.invoke(app, ["simulate", "--out", str(out), "--database-url", "foo://bar"])
+    assert (invalid.exit_code, invalid.output.split("]")[0]) == (2, "error [database_url_invalid")
+    closed = f"postgresql://cbdc@127.0.0.1:{_closed_port()}/cbdc"
+    down = runner.invoke(app, ["simulate", "--out", str(out), "--database-url", closed])
+    assert (down.exit_code, down.output.split("]")[0]) == (2, "error [database_unavailable")
+
+
+def test_plain_postgresql_urls_go_to_psycopg_3() -> None:
+    assert normalise_url("postgresql://u:p@h:5/db") == "postgresql+psycopg://u:p@h:5/db"
+    assert normalise_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_url("sqlite:///x.sqlite3") == "sqlite:///x.sqlite3"
+    with pytest.raises(InvalidRequest) as refused:
+        normalise_url("oracle://u@h/db")
+    assert (refused.value.code, refused.value.extra) == (
+        "database_url_invalid", {"field": "database_url"})
