@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Annotated, Any, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -39,6 +38,7 @@ from cbdc.storage.engine import (
     make_engine,
     normalise_url,
 )
+from cbdc.terminal import console, errors, print_error
 
 app = typer.Typer(
     help="cbdc: a two-tier central bank digital currency ledger.", no_args_is_help=True
@@ -48,8 +48,6 @@ issue_app = typer.Typer(help="Central-bank issuance.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(issue_app, name="issue")
 
-console = Console(width=None if sys.stdout.isatty() else 132)
-errors = Console(stderr=True)
 
 DatabaseUrl = Annotated[
     str | None,
@@ -60,14 +58,6 @@ AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tabl
 
 P = ParamSpec("P")
 R = TypeVar("R")
-
-
-def print_error(error: CbdcError) -> None:
-    """One line on stderr: ``error [code] detail``."""
-    # escape(): Rich reads "[plan_invalid]" (or "[[orders]]" in a detail) as markup and would
-    # silently drop the stable code the caller switches on.
-    errors.print(f"[bold red]error[/] {escape(f'[{error.code}]')} {escape(error.detail)}",
-                 highlight=False)
 
 
 def domain_errors(command: Callable[P, R]) -> Callable[P, R]:

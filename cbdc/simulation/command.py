@@ -11,8 +11,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -37,9 +35,7 @@ from cbdc.simulation.runner import (
 )
 from cbdc.simulation.scenario import default_scenario, load_scenario
 from cbdc.storage.engine import database_unavailable
-
-console = Console(width=None if sys.stdout.isatty() else 132)
-errors = Console(stderr=True)
+from cbdc.terminal import console, errors, print_error
 
 
 def simulate_command(
@@ -103,19 +99,14 @@ def simulate_command(
             simulation = simulate(scenario, seed, port=port, out=out, progress=advance)
     except OperationalError as error:
         failed = database_unavailable(error)
-        _print_error(failed)
+        print_error(failed)
         raise typer.Exit(2) from failed
     except CbdcError as error:
-        _print_error(error)
+        print_error(error)
         raise typer.Exit(2) from error
     _print(simulation)
     if not simulation.result.ok:
         raise typer.Exit(1)
-
-
-def _print_error(error: CbdcError) -> None:
-    errors.print(f"[bold red]error[/] {escape(f'[{error.code}]')} {escape(error.detail)}",
-                 highlight=False)
 
 
 def _progress() -> Progress:
