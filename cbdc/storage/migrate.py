@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine
 
-from cbdc.domain.errors import SchemaOutOfDate
+from cbdc.domain.errors import InvalidRequest, SchemaOutOfDate
 
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
 
@@ -35,11 +38,24 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    command.upgrade(alembic_config(database_url), revision)
+    """Migrate up to ``revision``; one that is not ours, or not above the current one, is
+    ``revision_invalid`` and changes nothing."""
+    with _revision_checked():
+        command.upgrade(alembic_config(database_url), revision)
 
 
 def downgrade(database_url: str, revision: str) -> None:
-    command.downgrade(alembic_config(database_url), revision)
+    """Revert down to ``revision`` (``base``: everything); see :func:`upgrade`."""
+    with _revision_checked():
+        command.downgrade(alembic_config(database_url), revision)
+
+
+@contextmanager
+def _revision_checked() -> Iterator[None]:
+    try:
+        yield
+    except CommandError as error:
+        raise InvalidRequest(str(error), code="revision_invalid", field="revision") from None
 
 
 def ensure_current(engine: Engine) -> None:

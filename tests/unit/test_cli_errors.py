@@ -71,3 +71,20 @@ def test_plain_postgresql_urls_go_to_psycopg_3() -> None:
         normalise_url("oracle://u@h/db")
     assert (refused.value.code, refused.value.extra) == (
         "database_url_invalid", {"field": "database_url"})
+
+
+def test_an_unknown_revision_is_refused_and_changes_nothing(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    assert runner.invoke(app, ["db", "upgrade", "--database-url", url]).exit_code == 0
+    for command in (["db", "upgrade", "--revision", "no-such"], ["db", "downgrade", "no-such"]):
+        result = runner.invoke(app, [*command, "--database-url", url])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith("error [revision_invalid] "), result.output
+    current = runner.invoke(app, ["db", "current", "--database-url", url])
+    assert "(up to date)" in current.output
+
+
+def test_a_port_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    result = runner.invoke(app, ["serve", "--port", "65536", "--database-url", url])
+    assert result.exit_code == 2 and "--port" in result.output
