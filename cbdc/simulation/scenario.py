@@ -31,6 +31,11 @@ WALLET_CLASSES = (1, 2, 3, 4)
 PAYMENT_KINDS = ("merchant_qr", "customer_code", "person_to_person", "offline", "refund")
 CHEAT_KINDS = ("replay", "over_cap", "forged_signature", "cloned_card")
 SCALE_MAX = 1_000
+#: Counts after scaling. The simulation keeps each wallet and merchant in memory (--scale 10,
+#: 100,000 wallets, peaks at about 580 MiB), so a million wallets need about 6 GiB.
+WALLETS_MAX = 1_000_000
+MERCHANTS_MAX = 100_000
+PAYMENTS_MAX = 100_000_000
 
 
 def _invalid(detail: str) -> InvalidRequest:
@@ -128,12 +133,14 @@ class Scenario:
         """The same pilot with ``factor`` times the wallets, merchants and payments."""
         if isinstance(factor, bool) or not isinstance(factor, int) or not 1 <= factor <= SCALE_MAX:
             raise _invalid(f"scale must be an integer from 1 to {SCALE_MAX}, got {factor!r}")
-        return replace(
+        scaled = replace(
             self,
             wallet_count=self.wallet_count * factor,
             merchant_count=self.merchant_count * factor,
             payment_count=self.payment_count * factor,
         )
+        _check_counts(scaled)
+        return scaled
 
     def with_counts(
         self, *, wallets: int | None = None, merchants: int | None = None,
@@ -180,11 +187,24 @@ class _Reader:
             raise _invalid(f"{where} must be a table")
         self.table = table
         self.where = where
+        self.read: set[str] = set()
+        self.children: list[_Reader] = []
 
     def _get(self, key: str) -> Any:
         if key not in self.table:
             raise _invalid(f"{self.where}: {key} is required")
+        self.read.add(key)
         return self.table[key]
+
+    def check_all_read(self) -> None:
+        """A key the scenario does not know (a misspelt one, most likely) is refused, not
+        ignored: the run would silently use the default in its place."""
+        unknown = sorted(set(self.table) - self.read)
+        if unknown:
+            raise _invalid(f"{self.where}: unknown {'keys' if len(unknown) > 1 else 'key'} "
+                           f"{', '.join(map(repr, unknown))}")
+        for child in self.children:
+            child.check_all_read()
 
     def text(self, key: str) -> str:
         value = self._get(key)
@@ -208,14 +228,18 @@ class _Reader:
         return exact
 
     def sub(self, key: str) -> _Reader:
-        return _Reader(self._get(key), f"[{key}]" if self.where == "scenario" else
-                       f"{self.where}.{key}")
+        child = _Reader(self._get(key), f"[{key}]" if self.where == "scenario" else
+                        f"{self.where}.{key}")
+        self.children.append(child)
+        return child
 
     def tables(self, key: str) -> list[_Reader]:
         items = self._get(key)
         if not isinstance(items, list) or not items:
             raise _invalid(f"{self.where}: [[{key}]] must be a non-empty array of tables")
-        return [_Reader(item, f"{key} #{n}") for n, item in enumerate(items, start=1)]
+        children = [_Reader(item, f"{key} #{n}") for n, item in enumerate(items, start=1)]
+        self.children += children
+        return children
 
     def per_class(self, key: str, parse: Any) -> tuple[tuple[int, int], ...]:
         table = self._get(key)
@@ -308,6 +332,7 @@ def parse_scenario(document: Mapping[str, Any]) -> Scenario:
             cloned_card_percent=cheats.percent("cloned_card_percent"),
         ),
     )
+    root.check_all_read()
     _check(scenario)
     return scenario
 
@@ -381,3 +406,10 @@ def _check(scenario: Scenario) -> None:
 def _check_counts(scenario: Scenario) -> None:
     if scenario.wallet_count < 2 or scenario.merchant_count < 1 or scenario.payment_count < 0:
         raise _invalid("a scenario needs at least 2 wallets and 1 merchant")
+    for count, most, what in ((scenario.wallet_count, WALLETS_MAX, "wallets"),
+                              (scenario.merchant_count, MERCHANTS_MAX, "merchants"),
+                              (scenario.payment_count, PAYMENTS_MAX, "payments")):
+        if count > most:
+            raise _invalid(f"a scenario has at most {most:,} {what} (the simulated wallets are "
+                           f"held in memory: 100,000 of them peak at about 600 MiB), "
+                           f"not {count:,}")

@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from cbdc.domain.errors import InvalidRequest
 from cbdc.simulation.amounts import AmountDistribution, WeightedChoice, apportion
 from cbdc.simulation.scenario import (
+    WALLETS_MAX,
     default_scenario,
     default_scenario_text,
     load_scenario,
@@ -54,6 +55,10 @@ def test_scale_multiplies_wallets_merchants_and_payments_only() -> None:
     with pytest.raises(InvalidRequest) as refused:
         scenario.scaled(0)
     assert refused.value.code == "scenario_invalid"
+    assert scenario.scaled(100).wallet_count == WALLETS_MAX
+    with pytest.raises(InvalidRequest) as too_big:  # within SCALE_MAX, too many wallets to hold
+        scenario.scaled(101)
+    assert "at most 1,000,000 wallets" in too_big.value.detail
 
 
 def _document() -> dict[str, Any]:
@@ -72,6 +77,14 @@ def _document() -> dict[str, Any]:
         (lambda d: d["wallets"]["class_shares"].pop("1"), "classes"),
         (lambda d: d.update(time_zone="Mars/Olympus"), "time zone"),
         (lambda d: d["misbehaviour"].update(replay_percent=101), "between 0 and 100"),
+        (lambda d: d.update(day=7), "scenario: unknown key 'day'"),
+        (lambda d: d["wallets"].update(home_zone_pct=80), "[wallets]: unknown key"),
+        (lambda d: d["operators"][1].update(shares=5), "operators #2: unknown key 'shares'"),
+        (lambda d: d["misbehaviour"].update(clone_percent=1, replay=2),
+         "unknown keys 'clone_percent', 'replay'"),
+        (lambda d: d["wallets"].update(count=1_000_001), "at most 1,000,000 wallets"),
+        (lambda d: d["merchants"].update(count=100_001), "at most 100,000 merchants"),
+        (lambda d: d["payments"].update(count=10**9), "at most 100,000,000 payments"),
     ],
 )
 def test_a_malformed_scenario_is_refused_naming_the_problem(
