@@ -98,7 +98,22 @@ def load_plan(path: Path) -> Plan:
     return parse_plan(document)
 
 
+_PLAN_KEYS = frozenset({"run_id", "operators", "orders"})
+_OPERATOR_KEYS = frozenset({"code", "name", "quota", "quota_fen", "reserve", "reserve_fen"})
+_ORDER_KEYS = frozenset({"operator", "zone", "amount", "amount_fen"})
+
+
+def _known_keys(item: Mapping[str, Any], known: frozenset[str], where: str) -> None:
+    """A key the plan does not know (a misspelt ``reserve``, say) is refused, not ignored: the
+    run would go ahead without it."""
+    unknown = sorted(set(item) - known)
+    if unknown:
+        raise InvalidPlan(f"{where}: unknown {'keys' if len(unknown) > 1 else 'key'} "
+                          f"{', '.join(map(repr, unknown))}")
+
+
 def parse_plan(document: Mapping[str, Any]) -> Plan:
+    _known_keys(document, _PLAN_KEYS, "plan")
     run_id = document.get("run_id")
     if not isinstance(run_id, str) or not run_id or len(run_id) > RUN_ID_LENGTH_MAX:
         raise InvalidPlan(f"run_id must be a string of 1-{RUN_ID_LENGTH_MAX} characters")
@@ -143,6 +158,7 @@ def _amount(item: Mapping[str, Any], name: str, where: str, *, required: bool) -
 
 def _parse_operator(item: Mapping[str, Any], number: int) -> PlannedOperator:
     where = f"operator #{number}"
+    _known_keys(item, _OPERATOR_KEYS, where)
     code, name = item.get("code"), item.get("name")
     if not isinstance(code, str) or not isinstance(name, str):
         raise InvalidPlan(f"{where}: code and name are required strings")
@@ -161,6 +177,7 @@ def _parse_operator(item: Mapping[str, Any], number: int) -> PlannedOperator:
 
 def _parse_order(item: Mapping[str, Any], number: int) -> Order:
     where = f"order #{number}"
+    _known_keys(item, _ORDER_KEYS, where)
     operator, zone = item.get("operator"), item.get("zone", "")
     if not isinstance(operator, str) or not isinstance(zone, str):
         raise InvalidPlan(f"{where}: operator (and zone, if given) must be strings")

@@ -32,7 +32,8 @@ PAYMENT_KINDS = ("merchant_qr", "customer_code", "person_to_person", "offline", 
 CHEAT_KINDS = ("replay", "over_cap", "forged_signature", "cloned_card")
 SCALE_MAX = 1_000
 #: Counts after scaling. The simulation keeps each wallet and merchant in memory (--scale 10,
-#: 100,000 wallets, peaks at about 580 MiB), so a million wallets need about 6 GiB.
+#: 100,000 wallets, peaks at about 580 MiB), so a million wallets would need about 6 GiB if
+#: memory grows with them as it does up to there (not measured beyond).
 WALLETS_MAX = 1_000_000
 MERCHANTS_MAX = 100_000
 PAYMENTS_MAX = 100_000_000

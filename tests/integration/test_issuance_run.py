@@ -202,6 +202,12 @@ ONE_OPERATOR = '[[operators]]\ncode = "ICBC"\nname = "ICBC"\nquota = "100.00"\n'
          '[[orders]]\noperator = "ICBC"\namount = "1.00"\n', "contains U+202E"),
         (VALID_HEADER + '[[operators]]\ncode = "ICBC"\nname = ""\n'
          '[[orders]]\noperator = "ICBC"\namount = "1.00"\n', "operator name must be 1-200"),
+        (VALID_HEADER + 'runid = "r2"\n[[orders]]\noperator = "ICBC"\namount = "1.00"\n',
+         "plan: unknown key 'runid'"),
+        (VALID_HEADER + '[[operators]]\ncode = "ICBC"\nname = "ICBC"\nreserves = "100.00"\n'
+         '[[orders]]\noperator = "ICBC"\namount = "1.00"\n', "operator #1: unknown key 'reserves'"),
+        (VALID_HEADER + '[[orders]]\noperator = "ICBC"\namount = "1.00"\nzones = "a"\nx = 1\n',
+         "order #1: unknown keys 'x', 'zones'"),
     ],
 )
 def test_invalid_plans_are_refused_and_change_nothing(
