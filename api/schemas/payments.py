@@ -106,6 +106,15 @@ class SettlementBatch(RequestModel):
 class PaymentRequestBatch(RequestModel):
     """Merchant-signed payment requests, recorded in this order in one unit of work."""
 
+    model_config = ConfigDict(json_schema_extra=examples({"requests": [{
+        "message": {
+            "version": 1, "domain": "cbdc/v1/payment-request", "ledger_id": "cbdc-local",
+            "request_id": "req-table-7", "merchant": "w-shop-42", "amount_fen": 4_800,
+            "currency": "CNY", "reference": "table 7", "expires_at": "2026-03-02T01:10:00Z",
+            "created_at": "2026-03-02T01:00:00Z",
+            "public_key": "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c"},
+        "signature": "0" * 128}]}))
+
     requests: Annotated[list[SignedEnvelope], Field(min_length=1, max_length=BATCH_SIZE_MAX)]
 
 

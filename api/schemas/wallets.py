@@ -64,6 +64,12 @@ class WalletOpening(WalletOpen):
 class WalletBatch(RequestModel):
     """Wallets for the calling operator, opened in this order in one unit of work."""
 
+    model_config = ConfigDict(json_schema_extra=examples({"wallets": [{
+        "wallet_id": "w-7f3a9c", "zone": "shenzhen", "wallet_class": 4,
+        "holder_kind": "personal", "evidence": {"phone": "+86 138 0013 8000"},
+        "public_key": "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a",
+    }]}))
+
     wallets: Annotated[list[WalletOpening], Field(min_length=1, max_length=BATCH_SIZE_MAX)]
 
 
@@ -136,6 +142,10 @@ class FundingItem(Funding):
 
 class FundingBatch(RequestModel):
     """Top-ups (or withdrawals), posted in this order in one unit of work."""
+
+    model_config = ConfigDict(json_schema_extra=examples({"items": [
+        {"wallet_id": "w-7f3a9c", "entry_id": "topup-2026-03-02-0001", "amount_fen": 50_000},
+    ]}))
 
     items: Annotated[list[FundingItem], Field(min_length=1, max_length=BATCH_SIZE_MAX)]
 
