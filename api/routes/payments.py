@@ -6,6 +6,7 @@ key says which operator relays the message (and owns the idempotency record), no
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Request
@@ -77,7 +78,7 @@ def submit_batch(
 
 
 def _settled_batch(
-    context: LedgerContext, commands: list[payments.Command]
+    context: LedgerContext, commands: Sequence[payments.Command]
 ) -> tuple[int, schemas.BatchResults]:
     answers = payments.settle_batch(context, commands)
     results = [_batch_result(index, answer) for index, answer in enumerate(answers)]
