@@ -317,10 +317,11 @@ def simulate_setup(
     ] = None,
     database_url: DatabaseUrl = None,
 ) -> None:
-    """Prepare a server's database for `cbdc simulate --api`: migrate it, register the
-    scenario's operators, and create the central bank's API key and one for each operator.
-    The keys are printed as shell exports, so that `eval "$(cbdc simulate-setup ...)"` hands
-    them to `cbdc simulate --api URL`."""
+    """Prepare a server's database for `cbdc simulate --api`; print its API keys.
+
+    Migrates the database, registers the scenario's operators, and creates the central bank's
+    API key and one for each operator. The keys are printed as shell exports, so that
+    `eval "$(cbdc simulate-setup ...)"` hands them to `cbdc simulate --api URL`."""
     url = _url(database_url)
     scenario = load_scenario(scenario_path) if scenario_path else default_scenario()
     migrate.upgrade(url)
