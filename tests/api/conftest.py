@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+import httpx2
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -94,7 +95,7 @@ def journal_length(ledger: LedgerContext) -> int:
 
 
 def assert_problem(
-    response: httpx.Response, status: int, code: str, **members: Any
+    response: httpx.Response | httpx2.Response, status: int, code: str, **members: Any
 ) -> dict[str, Any]:
     """The response is an RFC 9457 problem with the stable code and the expected members."""
     assert response.status_code == status, response.text

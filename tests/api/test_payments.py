@@ -388,6 +388,7 @@ def test_a_malformed_or_oversized_mixed_batch_is_refused_whole_and_changes_nothi
 ) -> None:
     good = {"kind": "payment", "payment": payment(parties, clock, "whole-1", 100, 1)}
     before = snapshot(ledger)
+    body: dict[str, Any]
     for body in (
         {"items": [good, {"kind": "gift", "payment": good["payment"]}]},  # no such kind
         {"items": [good, {"kind": "capture", "capture": good["payment"]}]},  # no payment code

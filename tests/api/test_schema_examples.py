@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from pydantic import BaseModel
@@ -15,7 +15,7 @@ from api.schemas.common import RequestModel
 
 
 def _with_examples() -> list[tuple[type[BaseModel], dict[str, Any]]]:
-    found = []
+    found: list[tuple[type[BaseModel], dict[str, Any]]] = []
     for module_info in pkgutil.iter_modules(api.schemas.__path__):
         module = importlib.import_module(f"api.schemas.{module_info.name}")
         for value in vars(module).values():
@@ -23,7 +23,7 @@ def _with_examples() -> list[tuple[type[BaseModel], dict[str, Any]]]:
                     and value.__module__ == module.__name__):
                 extra = value.model_config.get("json_schema_extra")
                 for example in (extra or {}).get("examples", []):  # type: ignore[union-attr]
-                    found.append((value, example))
+                    found.append((value, cast(dict[str, Any], example)))
     return found
 
 

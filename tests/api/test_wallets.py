@@ -308,6 +308,7 @@ def test_batches_of_top_ups_and_withdrawals_reach_only_the_callers_wallets(
         == 10_000
     after = snapshot(ledger)
     assert sum(b for _, b in after["balances"]) == sum(b for _, b in before["balances"])
+    bad: dict[str, Any]
     for bad in ({"items": []}, {"items": [{**items[0], "amount_fen": 0}]},
                 {"items": [{**items[0], "amount_fen": 1.5}]}, {"items": [items[0]] * 1_001}):
         assert_problem(client.post("/v1/top-ups/batch", json=bad,

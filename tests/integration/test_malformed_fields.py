@@ -6,7 +6,7 @@ they had not been there: malformed input changes nothing (both engines)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -50,7 +50,7 @@ def _odd_messages(message: dict[str, Any]) -> Iterator[Any]:
     yield from ODD_VALUES
 
 
-def malformed(envelope: Envelope) -> list[Any]:
+def malformed(envelope: Mapping[str, Any]) -> list[Any]:
     """``envelope`` spoilt in every way above, one way per copy."""
     spoilt: list[Any] = [{**envelope, "message": message}
                          for message in _odd_messages(dict(envelope["message"]))]

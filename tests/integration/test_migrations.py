@@ -52,7 +52,7 @@ def schema_differences(engine: Engine) -> list[object]:
         return list(compare_metadata(context, metadata))
 
 
-def check_constraint_names(engine: Engine) -> dict[str, set[str]]:
+def check_constraint_names(engine: Engine) -> dict[str, set[str | None]]:
     """Autogenerate does not compare CHECK constraints; compare their names ourselves."""
     inspector = inspect(engine)
     return {

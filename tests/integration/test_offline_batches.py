@@ -74,7 +74,7 @@ def answer(result: Any) -> Any:
     return ("refused", result.code) if isinstance(result, CbdcError) else result
 
 
-def one_by_one(call: Callable[[], Any]) -> Any:
+def one_by_one(call: Callable[..., Any]) -> Any:
     try:
         return answer(call())
     except CbdcError as error:
@@ -310,6 +310,7 @@ class TwinOfflineMachine(RuleBasedStateMachine):
         self.twins.same_rows()
 
 
+assert settings.default is not None  # Optional to mypy, but a profile is always loaded
 _SETTINGS = settings(
     settings.default,
     max_examples=min(settings.default.max_examples, 12),

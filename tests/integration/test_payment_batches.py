@@ -31,6 +31,7 @@ from cbdc.services.payments import (
     settle_payment,
     settle_payments,
 )
+from cbdc.storage import payments as payments_storage
 from cbdc.storage.tables import accounts, journal_entries
 from tests.conftest import ENGINES, START_OF_TESTS, fresh_database
 from tests.wallet_helpers import Holder, funded_operator, new_wallet
@@ -171,7 +172,7 @@ def _refuse_first_insert(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     """Make the first write of payment rows fail as a lost race would (a unique key taken by a
     concurrent unit of work), after the batch has posted its entries; the sizes written."""
     calls: list[int] = []
-    real = payments_service.insert_payments
+    real = payments_storage.insert_payments  # the function cbdc.services.payments imports
 
     def insert(connection: Connection, rows: list[Any]) -> dict[str, int]:
         calls.append(len(rows))

@@ -51,6 +51,7 @@ KEYS = tuple(WalletKey.derive(ROOT_SEED, f"batch-key-{n}").public_key_hex for n 
 def batch_settings(maker: DatabaseMaker) -> settings:
     """The profile's examples on SQLite; a third of them on PostgreSQL, where each example's
     two databases cost about a second to create."""
+    assert settings.default is not None  # Optional to mypy, but a profile is always loaded
     examples = settings.default.max_examples
     if maker.engine == "postgresql":
         examples = max(5, examples // 3)

@@ -281,6 +281,7 @@ def _counters(text: str) -> set[int]:
     return set(json.loads(text))
 
 
+assert settings.default is not None  # Optional to mypy, but a profile is always loaded
 _SETTINGS = settings(
     settings.default,
     max_examples=min(settings.default.max_examples, 12),

@@ -1131,12 +1131,13 @@ class WalletMachine(RuleBasedStateMachine):
         """Anything sent before, exactly as it was: a settled payment, capture, refund or
         request answers its first result and changes nothing; a refused one is judged anew."""
         kind, envelopes = self.sent[pick % len(self.sent)]
-        {
+        submit: dict[str, Callable[..., None]] = {
             "payment": self.submit_payment,
             "request": self.submit_request,
             "capture": self.submit_capture,
             "refund": self.submit_refund,
-        }[kind](*envelopes)
+        }
+        submit[kind](*envelopes)
 
     @precondition(lambda self: any(s.kind == "payment" for s in self.model.settled.values()))
     @rule(pick=picks)
@@ -1559,6 +1560,7 @@ def outcome_label(outcome: Outcome) -> str:
 def machine_settings() -> settings:
     """The profile's settings with twice its steps: money has to be topped up, spent towards a
     cap over a day or two and refunded before the interesting refusals can happen."""
+    assert settings.default is not None  # Optional to mypy, but a profile is always loaded
     return settings(stateful_step_count=2 * settings.default.stateful_step_count)
 
 

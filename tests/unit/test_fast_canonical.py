@@ -1,5 +1,7 @@
 """The fast canonical encoder gives exactly RFC 8785's bytes for every message shape it takes."""
 
+from typing import Any
+
 import rfc8785
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,7 +23,7 @@ objects = st.recursive(
 
 
 @given(objects)
-def test_fast_path_equals_rfc8785(message: dict) -> None:
+def test_fast_path_equals_rfc8785(message: dict[str, Any]) -> None:
     try:
         expected = bytes(rfc8785.dumps(message))
     except rfc8785.CanonicalizationError:
@@ -32,7 +34,9 @@ def test_fast_path_equals_rfc8785(message: dict) -> None:
 
 
 def test_control_characters_and_non_ascii_match() -> None:
-    message = {"memo": "\x00\x01\x1f\b\f\n\r\t\"\\/\x7f\u2028é中😀", "b": 1, "a": -(2**53 - 1)}
+    message: dict[str, str | int] = {
+        "memo": "\x00\x01\x1f\b\f\n\r\t\"\\/\x7f\u2028é中😀", "b": 1, "a": -(2**53 - 1)
+    }
     assert _fast_canonical(message) == bytes(rfc8785.dumps(message))
 
 

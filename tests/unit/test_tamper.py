@@ -65,7 +65,8 @@ def valid_values(name: str) -> st.SearchStrategy[Any]:
         return st.sampled_from(RECEIPT_KINDS)
     if name == "domain":
         return st.sampled_from(sorted(KINDS))
-    return st.sampled_from({"version": [1], "currency": ["CNY"]}[name])
+    constants: dict[str, list[Any]] = {"version": [1], "currency": ["CNY"]}
+    return st.sampled_from(constants[name])
 
 
 def same(left: object, right: object) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from datetime import timedelta
+from typing import Any, TypedDict
 
 import pytest
 
@@ -11,6 +12,13 @@ from cbdc.domain.errors import InvalidRequest
 from cbdc.domain.money import yuan
 from cbdc.offline import FindingCode, classify_device_payments, verify_offline_payment
 from tests.unit.offline.world import World, extracted_key_payment
+
+
+class Filings(TypedDict, total=False):
+    """Load and unload statements, as classify_device_payments takes them by keyword."""
+
+    loads: list[dict[str, Any]]
+    unloads: list[dict[str, Any]]
 
 
 def test_an_honest_history_has_no_findings_and_duplicates_are_not_fraud() -> None:
@@ -156,7 +164,9 @@ def test_loads_and_unloads_of_another_device_are_a_caller_error() -> None:
     other = world.device("other")
     world.load(other, yuan(10))
     world.unload(other)
-    for misfiled in ({"loads": world.loads["other"]}, {"unloads": world.unloads["other"]}):
+    misfilings: tuple[Filings, ...] = (
+        {"loads": world.loads["other"]}, {"unloads": world.unloads["other"]})
+    for misfiled in misfilings:
         with pytest.raises(InvalidRequest) as caught:
             classify_device_payments(
                 "card", [], root_public_key=world.root.public_key,

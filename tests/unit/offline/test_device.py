@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -90,7 +91,9 @@ def test_an_uncertified_device_does_nothing() -> None:
     world = World()
     blank = world.device("blank")
     blank._certificate = None  # a device fresh from the factory
-    for action in (lambda: blank.unload(world.now), lambda: blank.pay("x", "w-x", 1, world.now)):
+    actions: tuple[Callable[[], object], ...] = (
+        lambda: blank.unload(world.now), lambda: blank.pay("x", "w-x", 1, world.now))
+    for action in actions:
         with pytest.raises(OfflineRefused) as caught:
             action()
         assert caught.value.code == "offline_device_uncertified"

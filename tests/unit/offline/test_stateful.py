@@ -188,6 +188,7 @@ class OfflineMachine(RuleBasedStateMachine):
 
 
 # At least this much exploration; a larger profile (HYPOTHESIS_PROFILE=soak) explores more.
+assert settings.default is not None  # Optional to mypy, but a profile is always loaded
 OfflineMachine.TestCase.settings = settings(
     settings.default,
     max_examples=max(settings.default.max_examples, 80),
