@@ -13,11 +13,11 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import Response
 
 from api.auth import Ledger, Operator
+from api.batches import item_results
 from api.docs import AUTHENTICATED, MOVES_MONEY, WITH_BODY, problems
-from api.errors import problem_of
 from api.idempotency import IdempotencyKey, run_idempotent
 from api.schemas import payments as schemas
-from cbdc.domain.errors import CbdcError, NotFound
+from cbdc.domain.errors import NotFound
 from cbdc.domain.postings import format_timestamp
 from cbdc.services import lookups, merchants, payments
 from cbdc.services.context import LedgerContext
@@ -80,17 +80,10 @@ def submit_batch(
 def _settled_batch(
     context: LedgerContext, commands: Sequence[payments.Command]
 ) -> tuple[int, schemas.BatchResults]:
-    answers = payments.settle_batch(context, commands)
-    results = [_batch_result(index, answer) for index, answer in enumerate(answers)]
-    settled = sum(1 for result in results if result.settlement is not None)
+    results, settled = item_results(payments.settle_batch(context, commands),
+                                    schemas.BatchResult, "settlement", settlement_out)
     return 200, schemas.BatchResults(settled=settled, refused=len(results) - settled,
                                      results=results)
-
-
-def _batch_result(index: int, answer: payments.Settlement | CbdcError) -> schemas.BatchResult:
-    if isinstance(answer, CbdcError):
-        return schemas.BatchResult(index=index, status=answer.status, problem=problem_of(answer))
-    return schemas.BatchResult(index=index, status=201, settlement=settlement_out(answer))
 
 
 @router.post("/settlements/batch", response_model=schemas.BatchResults, responses=MONEY,
@@ -155,15 +148,8 @@ def create_payment_requests(
     def record() -> tuple[int, schemas.PaymentRequestResults]:
         answers = merchants.create_payment_requests(
             context, [envelope(item) for item in body.requests])
-        results = [
-            schemas.PaymentRequestResult(index=index, status=answer.status,
-                                         problem=problem_of(answer))
-            if isinstance(answer, CbdcError) else
-            schemas.PaymentRequestResult(index=index, status=201,
-                                         payment_request=request_out(answer))
-            for index, answer in enumerate(answers)
-        ]
-        created = sum(1 for result in results if result.payment_request is not None)
+        results, created = item_results(answers, schemas.PaymentRequestResult,
+                                        "payment_request", request_out)
         return 200, schemas.PaymentRequestResults(created=created, refused=len(results) - created,
                                                   results=results)
 

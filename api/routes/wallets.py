@@ -11,13 +11,13 @@ from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import Response
 
 from api.auth import Ledger, Operator, OwnedWallet, WalletIdPath
+from api.batches import item_results
 from api.docs import AUTHENTICATED, MOVES_MONEY, WITH_BODY, problems
-from api.errors import problem_of
 from api.idempotency import IdempotencyKey, run_idempotent
 from api.routes.central_bank import entry_out
 from api.schemas import wallets as schemas
 from api.schemas.central_bank import Entry
-from cbdc.domain.errors import CbdcError, NotFound
+from cbdc.domain.errors import NotFound
 from cbdc.domain.identity import IdentityEvidence
 from cbdc.domain.postings import format_timestamp
 from cbdc.domain.tiers import Limits
@@ -106,13 +106,7 @@ def open_wallets(
                 merchant_category_code=item.merchant_category_code,
                 reverse_waterfall=item.reverse_waterfall, public_key_hex=item.public_key,
             ) for item in body.wallets])
-        results = [
-            schemas.WalletResult(index=index, status=answer.status, problem=problem_of(answer))
-            if isinstance(answer, CbdcError) else
-            schemas.WalletResult(index=index, status=201, wallet=wallet_out(answer))
-            for index, answer in enumerate(answers)
-        ]
-        opened = sum(1 for result in results if result.wallet is not None)
+        results, opened = item_results(answers, schemas.WalletResult, "wallet", wallet_out)
         return 200, schemas.WalletResults(opened=opened, refused=len(results) - opened,
                                           results=results)
 
@@ -275,13 +269,7 @@ def _funded(
 ) -> tuple[int, schemas.FundingResults]:
     answers = move([funding.Funding(item.entry_id, item.wallet_id, item.amount_fen)
                     for item in body.items])
-    results = [
-        schemas.FundingResult(index=index, status=answer.status, problem=problem_of(answer))
-        if isinstance(answer, CbdcError) else
-        schemas.FundingResult(index=index, status=201, entry=entry_out(answer))
-        for index, answer in enumerate(answers)
-    ]
-    posted = sum(1 for result in results if result.entry is not None)
+    results, posted = item_results(answers, schemas.FundingResult, "entry", entry_out)
     return 200, schemas.FundingResults(posted=posted, refused=len(results) - posted,
                                        results=results)
 
