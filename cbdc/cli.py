@@ -20,7 +20,7 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from cbdc.domain.errors import CbdcError
 from cbdc.domain.money import format_yuan
@@ -67,8 +67,10 @@ def domain_errors(command: Callable[P, R]) -> Callable[P, R]:
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
         try:
             return command(*args, **kwargs)
-        except OperationalError as error:
+        except DBAPIError as error:
             failed = database_unavailable(error)
+            if failed is None:
+                raise
             print_error(failed)
             raise typer.Exit(2) from failed
         except CbdcError as error:
@@ -327,10 +329,10 @@ def simulate_setup(
     migrate.upgrade(url)
     context = open_ledger(url)
     try:
-        pairs = []
-        for spec in scenario.operators:
+        for spec in scenario.operators:  # all of them first: a refusal leaves no key unseen
             issuance.create_operator(context, spec.code, spec.name)
-            pairs.append(f"{spec.code}={apikeys.create_api_key(context, spec.code)[1]}")
+        pairs = [f"{spec.code}={apikeys.create_api_key(context, spec.code)[1]}"
+                 for spec in scenario.operators]
         _, central_bank_key = apikeys.create_api_key(context, "central-bank")
     finally:
         context.dispose()

@@ -20,7 +20,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError
 
 from cbdc.domain.errors import CbdcError, InvalidRequest
 from cbdc.domain.money import format_yuan
@@ -97,8 +97,10 @@ def simulate_command(
                 progress.update(tasks[phase], completed=done, total=total)
 
             simulation = simulate(scenario, seed, port=port, out=out, progress=advance)
-    except OperationalError as error:
+    except DBAPIError as error:
         failed = database_unavailable(error)
+        if failed is None:
+            raise
         print_error(failed)
         raise typer.Exit(2) from failed
     except CbdcError as error:

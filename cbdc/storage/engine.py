@@ -45,9 +45,12 @@ def normalise_url(url: str) -> str:
         parsed = make_url(url)
     except ArgumentError:
         raise _invalid_url(f"not a database URL: {url!r}") from None
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+    if parsed.drivername == "postgres":
+        parsed = parsed.set(drivername="postgresql")
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")  # whatever driver the URL named
+    elif backend != "sqlite" or parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
         raise _invalid_url(f"cbdc runs on SQLite (sqlite:///FILE) or PostgreSQL "
                            f"(postgresql://USER@HOST/DB), not {parsed.drivername}")
     if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
@@ -55,9 +58,14 @@ def normalise_url(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-def database_unavailable(error: OperationalError) -> DatabaseUnavailable:
-    """The driver's refusal (a server that does not answer, a file that cannot be opened, a
-    lock held too long) as a domain error, with the driver's first line as its detail."""
+def database_unavailable(error: DBAPIError) -> DatabaseUnavailable | None:
+    """The driver's refusal to give a database (a server that does not answer, a file that
+    cannot be opened or is not a database, a lock held too long) as a domain error, with the
+    driver's first line as its detail; ``None`` for any other database error (a constraint, a
+    bug), which is not the database's absence."""
+    unusable = isinstance(error, OperationalError) or type(error.orig).__name__ == "DatabaseError"
+    if not unusable:
+        return None
     first_line = str(error.orig or error).strip().splitlines()[0]
     return DatabaseUnavailable(f"the ledger database is unavailable: {first_line}")
 

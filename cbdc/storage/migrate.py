@@ -38,24 +38,37 @@ def current_revision(engine: Engine) -> str | None:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
-    """Migrate up to ``revision``; one that is not ours, or not above the current one, is
-    ``revision_invalid`` and changes nothing."""
-    with _revision_checked():
+    """Migrate up to ``revision``; one that is not ours is ``revision_invalid`` and changes
+    nothing (one at or below the current revision changes nothing either)."""
+    with _revision_checked(revision):
         command.upgrade(alembic_config(database_url), revision)
 
 
 def downgrade(database_url: str, revision: str) -> None:
     """Revert down to ``revision`` (``base``: everything); see :func:`upgrade`."""
-    with _revision_checked():
+    with _revision_checked(revision):
         command.downgrade(alembic_config(database_url), revision)
 
 
 @contextmanager
-def _revision_checked() -> Iterator[None]:
+def _revision_checked(revision: str) -> Iterator[None]:
+    """Alembic's refusals of a revision as ``revision_invalid``. Texts it cannot even parse
+    (``""``, ``"@"``) fail its own assertions, so they are looked up first; a relative one
+    (``-1``) resolves only against the database, in the command itself."""
+    try:
+        ScriptDirectory.from_config(alembic_config("sqlite://")).get_revisions(revision)
+    except AssertionError:
+        raise _invalid_revision(f"not a revision: {revision!r}") from None
+    except CommandError:
+        pass
     try:
         yield
     except CommandError as error:
-        raise InvalidRequest(str(error), code="revision_invalid", field="revision") from None
+        raise _invalid_revision(str(error)) from None
+
+
+def _invalid_revision(detail: str) -> InvalidRequest:
+    return InvalidRequest(detail, code="revision_invalid", field="revision")
 
 
 def ensure_current(engine: Engine) -> None:

@@ -213,8 +213,13 @@ def test_setup_runs_again_with_new_keys_and_refuses_an_operator_named_otherwise(
     finally:
         context.dispose()
     renamed = tmp_path / "renamed.toml"
-    renamed.write_text(scenario.read_text(encoding="utf-8").replace(
-        'name = "Industrial and Commercial Bank of China"', 'name = "Another bank"'),
-        encoding="utf-8")
-    refused = runner.invoke(app, ["simulate-setup", str(renamed), "--database-url", url])
-    assert refused.exit_code == 2 and "operator_exists" in refused.output
+    renamed.write_text(scenario.read_text(encoding="utf-8").replace(  # the second operator
+        'name = "China Construction Bank"', 'name = "Another bank"'), encoding="utf-8")
+    context = open_ledger(url)
+    try:
+        keys_before = len(apikeys.list_api_keys(context))
+        refused = runner.invoke(app, ["simulate-setup", str(renamed), "--database-url", url])
+        assert refused.exit_code == 2 and "operator_exists" in refused.output
+        assert len(apikeys.list_api_keys(context)) == keys_before  # no key made and never shown
+    finally:
+        context.dispose()

@@ -30,7 +30,7 @@ def _closed_port() -> int:
 
 
 @pytest.mark.parametrize("url", ["foo://bar", "not a url", "sqlite://", "sqlite:///:memory:",
-                                 "mysql://root@localhost/cbdc"])
+                                 "mysql://root@localhost/cbdc", "sqlite+aiosqlite:///x.db"])
 @pytest.mark.parametrize("command", COMMANDS, ids=" ".join)
 def test_a_url_that_is_not_a_ledger_database_is_refused_by_code(
     command: list[str], url: str
@@ -46,12 +46,18 @@ def test_a_database_that_does_not_answer_is_unavailable(
     command: list[str], tmp_path: Path
 ) -> None:
     missing = tmp_path / "no-such-folder" / "ledger.sqlite3"
-    for url in (f"sqlite:///{missing}", f"postgresql://cbdc@127.0.0.1:{_closed_port()}/cbdc"):
+    not_a_database = tmp_path / "notes.sqlite3"
+    not_a_database.write_text("not a database\n", encoding="utf-8")
+    closed = _closed_port()
+    for url in (f"sqlite:///{missing}", f"sqlite:///{not_a_database}",
+                f"postgresql://cbdc@127.0.0.1:{closed}/cbdc",
+                f"postgresql+psycopg2://cbdc@127.0.0.1:{closed}/cbdc"):  # psycopg 3 all the same
         result = runner.invoke(app, [*command, "--database-url", url])
         assert result.exit_code == 2, result.output
         assert result.output.startswith("error [database_unavailable] the ledger database is "
                                         "unavailable: "), result.output
     assert not missing.parent.exists()
+    assert not_a_database.read_text(encoding="utf-8") == "not a database\n"
 
 
 def test_the_simulation_refuses_such_urls_the_same_way(tmp_path: Path) -> None:
@@ -66,6 +72,8 @@ def test_the_simulation_refuses_such_urls_the_same_way(tmp_path: Path) -> None:
 def test_plain_postgresql_urls_go_to_psycopg_3() -> None:
     assert normalise_url("postgresql://u:p@h:5/db") == "postgresql+psycopg://u:p@h:5/db"
     assert normalise_url("postgres://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_url("postgresql+pg8000://u@h/db") == "postgresql+psycopg://u@h/db"
+    assert normalise_url("sqlite+pysqlite:///x.sqlite3") == "sqlite+pysqlite:///x.sqlite3"
     assert normalise_url("sqlite:///x.sqlite3") == "sqlite:///x.sqlite3"
     with pytest.raises(InvalidRequest) as refused:
         normalise_url("oracle://u@h/db")
@@ -76,7 +84,8 @@ def test_plain_postgresql_urls_go_to_psycopg_3() -> None:
 def test_an_unknown_revision_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     assert runner.invoke(app, ["db", "upgrade", "--database-url", url]).exit_code == 0
-    for command in (["db", "upgrade", "--revision", "no-such"], ["db", "downgrade", "no-such"]):
+    for command in (["db", "upgrade", "--revision", "no-such"], ["db", "downgrade", "no-such"],
+                    ["db", "upgrade", "--revision", "@"], ["db", "downgrade", ""]):
         result = runner.invoke(app, [*command, "--database-url", url])
         assert result.exit_code == 2, result.output
         assert result.output.startswith("error [revision_invalid] "), result.output
