@@ -11,18 +11,14 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable
-from functools import wraps
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
-from sqlalchemy.exc import DBAPIError
 
-from cbdc.domain.errors import CbdcError
 from cbdc.domain.money import format_yuan
 from cbdc.services import apikeys, issuance
 from cbdc.services.audit import AuditReport, run_audit
@@ -33,12 +29,11 @@ from cbdc.simulation.scenario import default_scenario, load_scenario
 from cbdc.storage import migrate
 from cbdc.storage.engine import (
     ENV_DATABASE_URL,
-    database_unavailable,
     database_url_from_env,
     make_engine,
     normalise_url,
 )
-from cbdc.terminal import console, errors, print_error
+from cbdc.terminal import console, domain_errors, errors
 
 app = typer.Typer(
     help="cbdc: a two-tier central bank digital currency ledger.", no_args_is_help=True
@@ -56,28 +51,6 @@ DatabaseUrl = Annotated[
 ]
 AsJson = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
-P = ParamSpec("P")
-R = TypeVar("R")
-
-
-def domain_errors(command: Callable[P, R]) -> Callable[P, R]:
-    """Turn a domain error into one line with its stable code and exit status 2."""
-
-    @wraps(command)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return command(*args, **kwargs)
-        except DBAPIError as error:
-            failed = database_unavailable(error)
-            if failed is None:
-                raise
-            print_error(failed)
-            raise typer.Exit(2) from failed
-        except CbdcError as error:
-            print_error(error)
-            raise typer.Exit(2) from error
-
-    return wrapper
 
 
 def _url(database_url: str | None) -> str:

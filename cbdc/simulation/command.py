@@ -20,9 +20,8 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
-from sqlalchemy.exc import DBAPIError
 
-from cbdc.domain.errors import CbdcError, InvalidRequest
+from cbdc.domain.errors import InvalidRequest
 from cbdc.domain.money import format_yuan
 from cbdc.simulation.ports import LedgerPort
 from cbdc.simulation.runner import (
@@ -34,10 +33,10 @@ from cbdc.simulation.runner import (
     simulate,
 )
 from cbdc.simulation.scenario import default_scenario, load_scenario
-from cbdc.storage.engine import database_unavailable
-from cbdc.terminal import console, errors, print_error
+from cbdc.terminal import console, domain_errors, errors
 
 
+@domain_errors
 def simulate_command(
     scenario_path: Annotated[
         Path | None,
@@ -75,37 +74,27 @@ def simulate_command(
     ] = None,
 ) -> None:
     """Simulate a pilot: issuance, wallets, merchant and personal payments, cheats; report."""
-    try:
-        scenario = load_scenario(scenario_path) if scenario_path else default_scenario()
-        scenario = scenario.scaled(scale)
-        port: LedgerPort
-        if api is not None:
-            if api_key is None or database_url is not None:
-                raise InvalidRequest("--api needs --api-key (the central bank's) and no "
-                                     "--database-url (the server has its own)",
-                                     code="api_options_invalid")
-            scenario, port = api_port(scenario, api, api_key,
-                                      parse_operator_keys(operator_keys or []))
-        else:
-            port = in_process_port(scenario, seed, database_url or fresh_sqlite_url(out))
-        with _progress() as progress:
-            tasks: dict[str, TaskID] = {}
+    scenario = load_scenario(scenario_path) if scenario_path else default_scenario()
+    scenario = scenario.scaled(scale)
+    port: LedgerPort
+    if api is not None:
+        if api_key is None or database_url is not None:
+            raise InvalidRequest("--api needs --api-key (the central bank's) and no "
+                                 "--database-url (the server has its own)",
+                                 code="api_options_invalid")
+        scenario, port = api_port(scenario, api, api_key,
+                                  parse_operator_keys(operator_keys or []))
+    else:
+        port = in_process_port(scenario, seed, database_url or fresh_sqlite_url(out))
+    with _progress() as progress:
+        tasks: dict[str, TaskID] = {}
 
-            def advance(phase: str, done: int, total: int) -> None:
-                if phase not in tasks:
-                    tasks[phase] = progress.add_task(phase, total=total)
-                progress.update(tasks[phase], completed=done, total=total)
+        def advance(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = progress.add_task(phase, total=total)
+            progress.update(tasks[phase], completed=done, total=total)
 
-            simulation = simulate(scenario, seed, port=port, out=out, progress=advance)
-    except DBAPIError as error:
-        failed = database_unavailable(error)
-        if failed is None:
-            raise
-        print_error(failed)
-        raise typer.Exit(2) from failed
-    except CbdcError as error:
-        print_error(error)
-        raise typer.Exit(2) from error
+        simulation = simulate(scenario, seed, port=port, out=out, progress=advance)
     _print(simulation)
     if not simulation.result.ok:
         raise typer.Exit(1)
