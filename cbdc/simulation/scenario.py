@@ -412,5 +412,5 @@ def _check_counts(scenario: Scenario) -> None:
                               (scenario.payment_count, PAYMENTS_MAX, "payments")):
         if count > most:
             raise _invalid(f"a scenario has at most {most:,} {what} (the simulated wallets are "
-                           f"held in memory: 100,000 of them peak at about 600 MiB), "
+                           f"held in memory: 100,000 of them peak at about 580 MiB), "
                            f"not {count:,}")

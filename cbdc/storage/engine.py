@@ -53,7 +53,7 @@ def normalise_url(url: str) -> str:
     elif backend != "sqlite" or parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
         raise _invalid_url(f"cbdc runs on SQLite (sqlite:///FILE) or PostgreSQL "
                            f"(postgresql://USER@HOST/DB), not {parsed.drivername}")
-    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+    if backend == "sqlite" and parsed.database in (None, "", ":memory:"):
         raise _invalid_url("cbdc needs a SQLite file (WAL and several connections need one)")
     return parsed.render_as_string(hide_password=False)
 
