@@ -85,16 +85,11 @@ def draw_charts(result: RunResult, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    drawers: dict[str, Callable[[RunResult, Figure], None]] = {
-        "supply": _supply, "payments_per_hour": _per_hour,
-        "volume_by_class_zone": _by_class_zone, "rejections": _rejections,
-        "offline_delay": _offline_delay, "fraud": _fraud,
-    }
     paths = []
     for name, title in CHARTS:
         figure = plt.figure(figsize=(10, 4.2), dpi=100)
         try:
-            drawers[name](result, figure)
+            DRAWERS[name](result, figure)
             figure.suptitle(title)
             figure.tight_layout()
             path = out / f"{name}.png"
@@ -117,6 +112,13 @@ def _cny_axis(axes: Any) -> None:
     axes.yaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
 
 
+def _legend_on_top(axes: Any, *, columns: int) -> None:
+    """The legend in one row along the top, over headroom added for it, so it hides no data."""
+    low, high = axes.get_ylim()
+    axes.set_ylim(low, high + (high - low) * 0.15)
+    axes.legend(loc="upper center", ncol=columns, fontsize=8, frameon=False)
+
+
 def _day_ticks(axes: Any, hours: int) -> None:
     axes.set_xticks(range(0, hours + 1, 24))
     axes.set_xticklabels([f"day {d + 1}" for d in range(hours // 24 + 1)], fontsize=8)
@@ -136,7 +138,7 @@ def _supply(result: RunResult, figure: Figure) -> None:
         axes.plot(hours, [_cny(v) for v in values], label=label)
     axes.set_ylabel("CNY")
     _cny_axis(axes)
-    axes.legend(loc="upper right", fontsize=8)
+    _legend_on_top(axes, columns=4)
     _day_ticks(axes, result.metrics.hours)
 
 
@@ -148,7 +150,7 @@ def _per_hour(result: RunResult, figure: Figure) -> None:
     axes.bar(hours, metrics.rejected_by_hour, width=1.0, bottom=metrics.settled_by_hour,
              label="refused (honest)", color="#d9534f")
     axes.set_ylabel("payments")
-    axes.legend(loc="upper right", fontsize=8)
+    _legend_on_top(axes, columns=2)
     _day_ticks(axes, metrics.hours)
 
 
@@ -182,7 +184,7 @@ def _rejections(result: RunResult, figure: Figure) -> None:
     axes.set_yticks(list(positions))
     axes.set_yticklabels(codes, fontsize=8)
     axes.set_xlabel("refusals")
-    axes.legend(loc="lower right", fontsize=8)
+    _legend_on_top(axes, columns=2)
 
 
 def _offline_delay(result: RunResult, figure: Figure) -> None:
@@ -217,7 +219,15 @@ def _fraud(result: RunResult, figure: Figure) -> None:
     axes.set_ylabel("cheats")
     axes.set_title(f"fraud cases {metrics.fraud_cases}, losses "
                    f"{format_yuan(metrics.fraud_losses_fen)} CNY", fontsize=9)
-    axes.legend(loc="upper right", fontsize=8)
+    _legend_on_top(axes, columns=3)
+
+
+#: What draws each chart of :data:`CHARTS` into a figure.
+DRAWERS: dict[str, Callable[[RunResult, Figure], None]] = {
+    "supply": _supply, "payments_per_hour": _per_hour,
+    "volume_by_class_zone": _by_class_zone, "rejections": _rejections,
+    "offline_delay": _offline_delay, "fraud": _fraud,
+}
 
 
 # -- HTML -------------------------------------------------------------------------------------

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from cbdc.domain.errors import CbdcError
 from cbdc.services import offline
 from cbdc.services.context import open_ledger
-from cbdc.simulation.report import CHARTS
+from cbdc.simulation.report import CHARTS, DRAWERS
 from cbdc.simulation.runner import Simulation, in_process_port, simulate
 from cbdc.simulation.scenario import Misbehaviour, Scenario, default_scenario
 from cbdc.storage.tables import payments
@@ -197,6 +197,34 @@ def test_the_report_renders_with_every_chart_embedded(runs: Runs) -> None:
     assert metrics["invariants"] == runs.first.result.invariants
     assert metrics["payments"]["settled"] == runs.first.result.metrics.settled_count
     assert "Where the time went" in parser.headings
+
+
+@pytest.mark.parametrize("name", [name for name, _title in CHARTS])
+def test_no_chart_legend_hides_its_data(runs: Runs, name: str) -> None:
+    """No point of a line and no bar lies under a chart's legend (it once covered the top line
+    of the supply chart and the tallest bar of the cheats chart)."""
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(10, 4.2), dpi=100)
+    DRAWERS[name](runs.first.result, figure)
+    figure.tight_layout()
+    figure.draw_without_rendering()
+    for axes in figure.axes:
+        legend = axes.get_legend()
+        if legend is None:
+            continue
+        box = legend.get_window_extent()
+        drawn = 0
+        for line in axes.lines:
+            for x, y in axes.transData.transform(line.get_xydata()):
+                drawn += 1
+                assert not box.contains(x, y), f"the legend of {name} covers a line"
+        for patch in axes.patches:
+            extent = patch.get_window_extent()
+            if extent.width > 0 and extent.height > 0:
+                drawn += 1
+                assert not box.overlaps(extent), f"the legend of {name} covers a bar"
+        assert drawn, f"{name} draws nothing beside its legend"
 
 
 def test_each_phase_says_how_much_of_its_time_the_ledger_took(runs: Runs) -> None:
