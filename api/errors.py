@@ -113,7 +113,7 @@ async def _on_validation_error(request: Request, error: Exception) -> Response:
     fields = [
         {
             "loc": [str(part) for part in item.get("loc", ())],
-            "msg": str(item.get("msg", "")),
+            "msg": _message(item),
             "type": str(item.get("type", "")),
         }
         for item in error.errors()
@@ -125,6 +125,15 @@ async def _on_validation_error(request: Request, error: Exception) -> Response:
     )
     document["errors"] = fields
     return problem_response(document)
+
+
+def _message(item: dict[str, Any]) -> str:
+    """A validation error's message; a body that is not JSON says why (its parser's reason)."""
+    message = str(item.get("msg", ""))
+    reason = (item.get("ctx") or {}).get("error")
+    if item.get("type") == "json_invalid" and isinstance(reason, str):
+        return f"{message}: {reason}"
+    return message
 
 
 async def _on_http_error(request: Request, error: Exception) -> Response:

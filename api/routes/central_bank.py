@@ -10,6 +10,7 @@ from fastapi.responses import Response
 from api.auth import CentralBank, Ledger, OperatorCodePath, ScopedOperatorCode
 from api.docs import AUTHENTICATED, MOVES_MONEY, WITH_BODY, problems
 from api.idempotency import IdempotencyKey, run_idempotent
+from api.json_body import StrictJsonRoute
 from api.schemas.central_bank import (
     Entry,
     IssuanceOrder,
@@ -26,7 +27,7 @@ from cbdc.domain.postings import format_timestamp
 from cbdc.services import issuance, issuance_run, run_reports
 from cbdc.storage.journal import PostedEntry
 
-router = APIRouter(prefix="/v1", tags=["central bank"])
+router = APIRouter(prefix="/v1", tags=["central bank"], route_class=StrictJsonRoute)
 RunId = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,48}$")]
 
 

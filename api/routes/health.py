@@ -10,11 +10,12 @@ from fastapi import APIRouter
 
 from api.auth import Ledger
 from api.docs import problems
+from api.json_body import StrictJsonRoute
 from api.schemas.health import Health, Ready
 from cbdc.domain.errors import SchemaOutOfDate
 from cbdc.storage import migrate
 
-router = APIRouter(tags=["health"])
+router = APIRouter(tags=["health"], route_class=StrictJsonRoute)
 
 
 @router.get("/healthz", response_model=Health, responses=problems())

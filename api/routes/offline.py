@@ -17,6 +17,7 @@ from fastapi.responses import Response
 from api.auth import Caller, Ledger, Operator, OwnedWallet
 from api.docs import AUTHENTICATED, MOVES_MONEY, WITH_BODY, problems
 from api.idempotency import IdempotencyKey, run_idempotent
+from api.json_body import StrictJsonRoute
 from api.schemas import offline as schemas
 from api.schemas.payments import SignedEnvelope
 from cbdc.domain.postings import format_timestamp
@@ -25,7 +26,7 @@ from cbdc.services.apikeys import Principal
 from cbdc.services.context import LedgerContext
 from cbdc.storage.offline import device_not_found
 
-router = APIRouter(prefix="/v1", tags=["offline"])
+router = APIRouter(prefix="/v1", tags=["offline"], route_class=StrictJsonRoute)
 DEVICE_MONEY = problems(*AUTHENTICATED, *MOVES_MONEY, 404)
 DeviceIdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,60}$", examples=["card-0001"])]
 

@@ -16,13 +16,14 @@ from api.auth import Ledger, Operator
 from api.batches import item_results
 from api.docs import AUTHENTICATED, MOVES_MONEY, WITH_BODY, problems
 from api.idempotency import IdempotencyKey, run_idempotent
+from api.json_body import StrictJsonRoute
 from api.schemas import payments as schemas
 from cbdc.domain.errors import NotFound
 from cbdc.domain.postings import format_timestamp
 from cbdc.services import lookups, merchants, payments
 from cbdc.services.context import LedgerContext
 
-router = APIRouter(prefix="/v1", tags=["payments"])
+router = APIRouter(prefix="/v1", tags=["payments"], route_class=StrictJsonRoute)
 IdPath = Annotated[str, Path(pattern=r"^[A-Za-z0-9._:-]{1,64}$")]
 MONEY = problems(*AUTHENTICATED, *MOVES_MONEY, 404)
 

@@ -7,12 +7,13 @@ from fastapi import APIRouter
 
 from api.auth import CentralBank, Ledger, ScopedOperatorCode
 from api.docs import AUTHENTICATED, problems
+from api.json_body import StrictJsonRoute
 from api.schemas.reports import AuditReport, OperatorSupply, SupplyReport
 from cbdc.domain.errors import NotFound
 from cbdc.services.audit import run_audit
 from cbdc.services.reconcile import supply_report
 
-router = APIRouter(prefix="/v1", tags=["reconciliation"])
+router = APIRouter(prefix="/v1", tags=["reconciliation"], route_class=StrictJsonRoute)
 
 
 @router.get(

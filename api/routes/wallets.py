@@ -14,6 +14,7 @@ from api.auth import Ledger, Operator, OwnedWallet, WalletIdPath
 from api.batches import item_results
 from api.docs import AUTHENTICATED, MOVES_MONEY, WITH_BODY, problems
 from api.idempotency import IdempotencyKey, run_idempotent
+from api.json_body import StrictJsonRoute
 from api.routes.central_bank import entry_out
 from api.schemas import wallets as schemas
 from api.schemas.central_bank import Entry
@@ -23,9 +24,9 @@ from cbdc.domain.postings import format_timestamp
 from cbdc.domain.tiers import Limits
 from cbdc.services import funding, keys, lookups, wallets
 
-router = APIRouter(prefix="/v1/wallets", tags=["wallets"])
+router = APIRouter(prefix="/v1/wallets", tags=["wallets"], route_class=StrictJsonRoute)
 #: The batch funding routes, which name their wallets in the body.
-funding_router = APIRouter(prefix="/v1", tags=["wallets"])
+funding_router = APIRouter(prefix="/v1", tags=["wallets"], route_class=StrictJsonRoute)
 PublicKeyPath = Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")]
 WALLET = problems(*AUTHENTICATED, 404)
 WALLET_BODY = problems(*AUTHENTICATED, *WITH_BODY, 404, 409)

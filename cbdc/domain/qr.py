@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping
-from typing import Any, NoReturn, cast
+from typing import Any, cast
 
 from cbdc.domain.errors import InvalidMessage, InvalidQr
 from cbdc.domain.messages import Envelope, check_envelope
 from cbdc.domain.signing import canonical
+from cbdc.domain.strict_json import JsonRefused, loads_strict
 
 QR_PREFIX = "CBDC1:"
 #: The most bytes a QR code can carry (version 40, error correction L, byte mode).
@@ -63,13 +63,8 @@ def _decode_base64url(body: str) -> bytes:
 
 def _parse_canonical_json(payload: bytes) -> object:
     try:
-        value = json.loads(
-            payload.decode("utf-8"),
-            object_pairs_hook=_refuse_duplicates,
-            parse_float=_refuse_number,
-            parse_constant=_refuse_number,
-        )
-    except (UnicodeDecodeError, ValueError) as exc:
+        value = loads_strict(payload, floats=False)
+    except JsonRefused as exc:
         raise InvalidQr(f"QR payload is not JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise InvalidQr("QR payload is not a JSON object")
@@ -80,14 +75,3 @@ def _parse_canonical_json(payload: bytes) -> object:
     if canonical_payload != payload:
         raise InvalidQr("QR payload is not in canonical (RFC 8785) form")
     return value
-
-
-def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result = dict(pairs)
-    if len(result) != len(pairs):
-        raise ValueError("duplicate key")
-    return result
-
-
-def _refuse_number(text: str) -> NoReturn:
-    raise ValueError(f"not an integer: {text}")

@@ -3,6 +3,7 @@ unexpected exception that must reveal nothing."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 from fastapi import FastAPI
@@ -55,6 +56,43 @@ def test_malformed_json_is_request_invalid(client: TestClient, keys: Keys) -> No
     assert document["errors"][0]["type"] == "json_invalid"
     missing = client.post("/v1/issuances", headers=money_headers(keys.central_bank))
     assert_problem(missing, 422, "request_invalid")
+
+
+def test_a_body_with_a_key_twice_or_nan_is_request_invalid_and_changes_nothing(
+    client: TestClient, keys: Keys, ledger: LedgerContext
+) -> None:
+    before = snapshot(ledger)
+    bodies = {
+        b'{"entry_id": "x", "operator": "BANK-A", "amount_fen": 1, "amount_fen": 100}':
+            "duplicate key 'amount_fen'",
+        b'{"entry_id": "x", "operator": "BANK-A", "amount_fen": NaN}': "NaN is not a JSON number",
+        b'{"entry_id": "x", "operator": "BANK-A", "amount_fen": Infinity}':
+            "Infinity is not a JSON number",
+    }
+    for body, reason in bodies.items():
+        response = client.post("/v1/issuances", content=body, headers={
+            **money_headers(keys.central_bank), "Content-Type": "application/json"})
+        document = assert_problem(response, 422, "request_invalid")
+        assert document["errors"][0]["type"] == "json_invalid"
+        assert reason in document["errors"][0]["msg"] and reason in document["detail"]
+    assert snapshot(ledger) == before
+
+
+def test_every_route_with_a_body_refuses_a_key_twice(client: TestClient, app: FastAPI) -> None:
+    """Each route that takes a JSON body reads it with the strict rules (api/json_body.py),
+    before authentication: none keeps one of two equal keys."""
+    with_body = [
+        (method, re.sub(r"\{[^}]+\}", "x", path))
+        for path, operations in app.openapi()["paths"].items()
+        for method, operation in operations.items()
+        if "application/json" in operation.get("requestBody", {}).get("content", {})
+    ]
+    assert len(with_body) >= 25
+    for method, path in with_body:
+        response = client.request(method.upper(), path, content=b'{"a": 1, "a": 2}',
+                                  headers={"Content-Type": "application/json"})
+        document = assert_problem(response, 422, "request_invalid")
+        assert document["errors"][0]["type"] == "json_invalid", (method, path)
 
 
 def _small_app(ledger: LedgerContext) -> FastAPI:

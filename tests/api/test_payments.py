@@ -155,6 +155,35 @@ def test_forged_altered_and_malformed_payments_change_nothing(
     assert after["balances"] == before["balances"] and after["head"] == before["head"]
 
 
+def test_a_payment_with_a_key_twice_is_refused_whichever_value_would_verify(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock, ledger: LedgerContext
+) -> None:
+    """protocol.md 2.1: a reader that keeps one of two equal keys must not read an envelope,
+    or two readers could see two different payments in one text."""
+    before = snapshot(ledger)
+    good = payment(parties, clock, "pay-twice", 1_850, 1)
+    text = json.dumps(good, separators=(",", ":"))
+    signed_amount = '"amount_fen":1850'
+    assert text.count(signed_amount) == 1
+    bodies = {
+        "amount_fen": text.replace(signed_amount, '"amount_fen":1,' + signed_amount),
+        "signature": text.replace('"signature":', '"signature":"00","signature":'),
+    }
+    for key, body in bodies.items():
+        response = client.post("/v1/payments", content=body.encode(), headers={
+            **money_headers(keys.bank_a), "Content-Type": "application/json"})
+        document = assert_problem(response, 422, "request_invalid")
+        assert document["errors"][0]["type"] == "json_invalid"
+        assert f"duplicate key '{key}'" in document["detail"]
+    assert_problem(client.get("/v1/payments/pay-twice", headers=auth(keys.bank_a)), 404,
+                   "payment_not_found")
+    after = snapshot(ledger)
+    assert after["balances"] == before["balances"] and after["head"] == before["head"]
+    settled = client.post("/v1/payments", content=text.encode(), headers={
+        **money_headers(keys.bank_a), "Content-Type": "application/json"})
+    assert settled.status_code == 201, settled.text
+
+
 def test_over_the_single_payment_cap_is_refused(
     client: TestClient, keys: Keys, parties: Parties, clock: ManualClock
 ) -> None:
