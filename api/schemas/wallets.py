@@ -32,11 +32,18 @@ CapFen = Annotated[StrictInt, Field(ge=0, le=2**53 - 1)]
 class Evidence(RequestModel):
     """What the operator verified about the holder (it keeps salted hashes only)."""
 
-    phone: Annotated[StrictStr, Field(min_length=1, max_length=32, pattern=r"^[0-9+ -]+$")]
-    id_document: Annotated[StrictStr, Field(min_length=1, max_length=64,
-                                            pattern=r"^[A-Za-z0-9 -]+$")] | None = None
-    bank_account: Annotated[StrictStr, Field(min_length=1, max_length=64,
-                                             pattern=r"^[A-Za-z0-9 -]+$")] | None = None
+    phone: Annotated[StrictStr, Field(
+        min_length=1, max_length=32, pattern=r"^[0-9+ ()-]+$",
+        description="6-15 digits, optionally after '+'; spaces, dashes and brackets are "
+                    "ignored. Otherwise 400 identity_evidence_invalid.")]
+    id_document: Annotated[StrictStr, Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9 -]+$")] | None = Field(
+        None, description="4-32 letters or digits, nothing else (no spaces or dashes). "
+                          "Otherwise 400 identity_evidence_invalid.")
+    bank_account: Annotated[StrictStr, Field(
+        min_length=1, max_length=64, pattern=r"^[A-Za-z0-9 -]+$")] | None = Field(
+        None, description="6-34 letters or digits; spaces are ignored. Otherwise 400 "
+                          "identity_evidence_invalid.")
     in_person: StrictBool = False
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
@@ -189,6 +190,26 @@ def test_wallet_fields_that_are_not_inputs_are_refused(
     assert snapshot(ledger) == before
     assert_problem(client.get("/v1/wallets/w-eve", headers=auth(keys.bank_a)), 404,
                    "wallet_not_found")
+
+
+def test_identity_evidence_is_checked_as_its_schema_describes(
+    client: TestClient, keys: Keys, app: FastAPI
+) -> None:
+    """The OpenAPI text of each evidence field states the ledger's rule, and the ledger keeps
+    to it: a phone with brackets opens; an ID document with a space is
+    identity_evidence_invalid, not a schema error."""
+    evidence = app.openapi()["components"]["schemas"]["Evidence"]["properties"]
+    assert "4-32 letters or digits" in evidence["id_document"]["description"]
+    assert "brackets are ignored" in evidence["phone"]["description"]
+    opened = open_wallet(client, keys.bank_a, "w-brackets",
+                         evidence={"phone": "+86 (755) 8888-1234"})
+    assert opened["wallet_id"] == "w-brackets"
+    for field, value in (("id_document", "ID 1234"), ("id_document", "ID1"),
+                         ("bank_account", "6222-0200"), ("phone", "12345")):
+        body = {"wallet_id": "w-evidence", "zone": "shenzhen", "wallet_class": 3,
+                "evidence": {"phone": PHONE, field: value}}
+        assert_problem(client.post("/v1/wallets", json=body, headers=auth(keys.bank_a)), 400,
+                       "identity_evidence_invalid")
 
 
 def test_parallel_openings_of_one_wallet_id_open_it_once_and_never_fail(
