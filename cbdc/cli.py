@@ -22,7 +22,12 @@ from rich.table import Table
 from cbdc.domain.money import format_yuan
 from cbdc.services import apikeys, issuance
 from cbdc.services.audit import AuditReport, run_audit
-from cbdc.services.context import LedgerContext, open_ledger
+from cbdc.services.context import (
+    ENV_LEDGER_SIGNING_SEED,
+    ENV_OFFLINE_ROOT_SEED,
+    LedgerContext,
+    open_ledger,
+)
 from cbdc.services.issuance_run import RunReport, execute_plan, load_plan
 from cbdc.services.reconcile import SupplyReport, supply_report
 from cbdc.simulation.scenario import default_scenario, load_scenario
@@ -329,5 +334,11 @@ def serve(
 
     url = _url(database_url)
     _open(url).dispose()  # refuse a schema that is behind, before any worker starts
+    for name, what in ((ENV_LEDGER_SIGNING_SEED, "receipts are signed"),
+                       (ENV_OFFLINE_ROOT_SEED, "offline devices are certified")):
+        if not os.environ.get(name):
+            errors.print(f"[bold yellow]warning[/] {name} is not set: {what} with the public "
+                         "test key, with which anyone can sign; never serve real money so "
+                         "(docs/operations.md)", highlight=False)
     os.environ[ENV_DATABASE_URL] = url  # each worker's app factory opens it
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from cbdc.cli import app
 from cbdc.domain.errors import InvalidRequest
+from cbdc.services.context import ENV_LEDGER_SIGNING_SEED, ENV_OFFLINE_ROOT_SEED
 from cbdc.storage.engine import normalise_url
 
 runner = CliRunner()
@@ -97,3 +98,29 @@ def test_a_port_out_of_range_is_a_usage_error(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     result = runner.invoke(app, ["serve", "--port", "65536", "--database-url", url])
     assert result.exit_code == 2 and "--port" in result.output
+
+
+@pytest.mark.parametrize("seeds_set", [False, True])
+def test_serve_warns_when_it_would_sign_with_the_public_test_keys(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, seeds_set: bool
+) -> None:
+    import uvicorn
+
+    served: list[str] = []
+    monkeypatch.setattr(uvicorn, "run", lambda target, **_: served.append(target))
+    for name in (ENV_LEDGER_SIGNING_SEED, ENV_OFFLINE_ROOT_SEED):
+        if seeds_set:
+            monkeypatch.setenv(name, "ab" * 32)
+        else:
+            monkeypatch.delenv(name, raising=False)
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    assert runner.invoke(app, ["db", "upgrade", "--database-url", url]).exit_code == 0
+    result = runner.invoke(app, ["serve", "--database-url", url])
+    assert result.exit_code == 0, result.output
+    assert served == ["api.app:create_app"]
+    warnings = [line for line in result.output.splitlines() if line.startswith("warning ")]
+    if seeds_set:
+        assert warnings == []
+    else:
+        assert [line.split()[1] for line in warnings] == [ENV_LEDGER_SIGNING_SEED,
+                                                          ENV_OFFLINE_ROOT_SEED]
