@@ -90,10 +90,10 @@ def build_vectors() -> dict[str, dict[str, Any]]:
     revocation_list = root.publish_revocation_list(
         number=1, issued_at=NOW, revoked={"dev-0666", "dev-0777"}
     )
-    sync = operator.sign_sync_receipt(
+    sync = operator.sign_sync_receipt(  # to the payee's device, which has made no payment
         sync_id="sync-0001",
-        device_id="card-0001",
-        synced_counter=1,
+        device_id="pos-0042",
+        synced_counter=0,
         settled={payment_hash_of(payment)},
         created_at=NOW + timedelta(hours=2),
     )
@@ -127,7 +127,8 @@ def build_vectors() -> dict[str, dict[str, Any]]:
             REVOCATION_LIST, revocation_list, root_key, "root",
         ),
         "offline-sync-receipt.json": vector(
-            "sync receipt acknowledging counter 1, signed by the operator",
+            "sync receipt to the payee's device pos-0042: the payment it received is settled "
+            "(it has made none: synced_counter 0), signed by the operator",
             SYNC_RECEIPT, sync, operator_public, "operator",
         ),
     }
