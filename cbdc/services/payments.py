@@ -743,10 +743,14 @@ def answer_after_race(
     if kind == "capture":
         raise Conflict(f"{payment_id}: a concurrent capture used the same payment code",
                        code="payment_code_used")
-    raise Conflict(
-        f"{payment_id}: a concurrent settlement used the same key and sequence",
-        code="sequence_not_fresh",
-    )
+    if kind == "payment":
+        raise Conflict(
+            f"{payment_id}: a concurrent settlement used the same key and sequence",
+            code="sequence_not_fresh",
+        )
+    # A refund carries no sequence or code: nothing but its own id (found above) can collide.
+    raise Conflict(f"{payment_id}: a concurrent settlement changed what this one read; send "
+                   "it again", code="concurrent_update")
 
 
 def settled_row(

@@ -25,7 +25,12 @@ from cbdc.services import keys, wallets
 from cbdc.services.audit import run_audit
 from cbdc.services.context import LedgerContext, open_ledger
 from cbdc.services.funding import top_up
-from cbdc.services.payments import Settlement, ledger_public_key_hex, settle_payment
+from cbdc.services.payments import (
+    Settlement,
+    answer_after_race,
+    ledger_public_key_hex,
+    settle_payment,
+)
 from cbdc.storage.tables import journal_entries
 from tests.wallet_helpers import (
     Holder,
@@ -381,3 +386,17 @@ def test_a_reverse_waterfall_the_bank_cannot_fund_is_refused_without_revealing_i
     error = refused(ledger, "insufficient_funds", lambda: alice.pay("w-bob", yuan(1_500), "p-1"))
     assert error.extra == {"wallet": "w-alice", "shortfall_fen": yuan(500)}
     assert "float" not in error.detail
+
+
+@pytest.mark.parametrize(("kind", "code"), [("payment", "sequence_not_fresh"),
+                                            ("capture", "payment_code_used"),
+                                            ("refund", "concurrent_update")])
+def test_a_settlement_that_lost_a_race_and_is_not_recorded_is_told_what_collided(
+    ledger: LedgerContext, kind: str, code: str
+) -> None:
+    """What answer_after_race tells a settlement whose row the database refused when the winner
+    did not settle the same id: a payment's key sequence, a capture's code; a refund, which has
+    neither, is told to send it again rather than about a sequence it does not carry."""
+    with pytest.raises(CbdcError) as refused:
+        answer_after_race(ledger, f"{kind}-lost", "0" * 64, kind)
+    assert refused.value.code == code and refused.value.status == 409
