@@ -1,7 +1,7 @@
 """Wallet classes (tiers), the identity evidence each needs, and their limits.
 
 A wallet's class decides how much it may hold and spend. The figures are configuration
-(:class:`WalletClasses`); the defaults are the table in ``shared/DOMAIN.md``:
+(:class:`WalletClasses`); the defaults (also in README.md) are:
 
 =====  ==================================  =========  ===========  ========  =========
 class  identity evidence                   balance    one payment  daily     annual

@@ -7,8 +7,9 @@ validity window. The root also publishes a numbered, dated revocation list of ce
 serials. Nothing here reads a clock or draws randomness: times and keys are passed in.
 
 Offline caps per wallet class (:data:`DEFAULT_OFFLINE_CAPS`, overridable per deployment):
-DOMAIN.md reports the e-CNY allowance "up to 500 CNY and 10 payments" before a device must go
-online. Classes 1-3 get exactly that, with a single payment capped at the whole allowance.
+the e-CNY pilots' hardware wallets are reported to allow up to 500 CNY and 10 payments before
+a device must go online. Classes 1-3 get exactly that, with a single payment capped at the
+whole allowance.
 Class 4 wallets are anonymous (phone number only), so a stolen or cloned anonymous card must
 expose less: 200 CNY offline balance, 100 CNY per payment, 5 payments between syncs.
 """

@@ -75,7 +75,7 @@ SYNC_RECEIPT = "cbdc/v1/sync-receipt"
 ZERO_HASH = "0" * 64
 ROLE_OPERATOR = "operator"
 ROLE_DEVICE = "device"
-#: Wallet classes, from DOMAIN.md: 1 (in person, full KYC) to 4 (anonymous, phone only).
+#: Wallet classes: 1 (in person, full KYC) to 4 (anonymous, phone only).
 WALLET_CLASS_MIN, WALLET_CLASS_MAX = 1, 4
 LIST_LENGTH_MAX = 100_000
 

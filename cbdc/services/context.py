@@ -77,7 +77,7 @@ _open_unit: ContextVar[dict[int, Connection] | None] = ContextVar("cbdc_open_uni
 class LedgerContext:
     """Handle on one ledger database. Cheap to pass around; holds no transaction of its own.
 
-    ``wallet_classes`` are the limits in force (configuration; defaults from DOMAIN.md);
+    ``wallet_classes`` are the limits in force (configuration; defaults in README.md);
     ``ledger_signing_seed`` makes the key that signs receipts; ``offline_root_seed`` the offline
     PKI's root and operator keys; ``random_bytes`` is the only source of randomness services
     use (salts), injected so simulations replay."""

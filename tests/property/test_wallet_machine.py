@@ -19,8 +19,9 @@ have answered.
 
 The model predicts every outcome (the exact error code, in the services' documented order of
 checks; or the exact plan: what is topped up and swept, and the journal sequence of the entry). It
-is written from the rules in DOMAIN.md and the services' docstrings, not from their code: usage is
-the sum of what was spent per Shanghai calendar day, not a running counter. After every step:
+is written from the rules (README.md's wallet classes) and the services' docstrings, not from
+their code: usage is the sum of what was spent per Shanghai calendar day, not a running
+counter. After every step:
 
 * every wallet and operator float balance equals the model; no balance is above its class's cap;
   the day's and year's spending equal the model and are within the caps;
