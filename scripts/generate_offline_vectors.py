@@ -86,6 +86,7 @@ def build_vectors() -> dict[str, dict[str, Any]]:
     )
     payer.apply_load(load)
     payment = payer.pay("pos-0042", "w-merchant-42", 12_345, NOW + timedelta(minutes=5))
+    second = payer.pay("pos-0042", "w-merchant-42", 2_000, NOW + timedelta(minutes=20))
     unload = payer.unload(NOW + timedelta(hours=1))
     revocation_list = root.publish_revocation_list(
         number=1, issued_at=NOW, revoked={"dev-0666", "dev-0777"}
@@ -118,8 +119,16 @@ def build_vectors() -> dict[str, dict[str, Any]]:
             ),
             "envelope": payment,
         },
+        "offline-payment-chained.json": {
+            **vector(
+                "the device's second offline payment (20.00 CNY): counter 2, payments_since_sync "
+                "2, prev_hash the first payment's hash, signed by the device",
+                OFFLINE_PAYMENT, second, device_key, "payer",
+            ),
+            "envelope": second,
+        },
         "offline-unload.json": vector(
-            "unload statement returning 376.55 CNY, signed by the device",
+            "unload statement returning 356.55 CNY, signed by the device",
             UNLOAD, unload, device_key, "payer",
         ),
         "offline-revocation-list.json": vector(

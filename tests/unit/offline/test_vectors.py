@@ -67,3 +67,22 @@ def test_the_payment_vector_envelope_verifies_offline() -> None:
         ledger_id="cbdc-vectors",
     )
     assert payment.payment_hash == vector["message_hash"]
+
+
+def test_the_chained_payment_vector_follows_the_first_and_the_unload_closes_it() -> None:
+    first = VECTORS["offline-payment.json"]
+    second = VECTORS["offline-payment-chained.json"]
+    unload = VECTORS["offline-unload.json"]["message"]
+    root = VECTORS["offline-certificate-operator.json"]
+    payment = verify_offline_payment(
+        second["envelope"], bytes.fromhex(root["public_key_hex"]), NO_REVOCATIONS,
+        SCRIPT["NOW"] + timedelta(minutes=30), ledger_id="cbdc-vectors",
+    )
+    assert payment.payment_hash == second["message_hash"]
+    message = second["message"]
+    assert (message["counter"], message["payments_since_sync"]) == (2, 2)
+    assert message["prev_hash"] == first["message_hash"]
+    assert first["message"]["prev_hash"] == "0" * 64
+    assert (unload["counter"], unload["last_payment_hash"]) == (2, second["message_hash"])
+    assert unload["paid_fen_total"] == first["message"]["amount_fen"] + message["amount_fen"]
+    assert unload["amount_fen"] == unload["loaded_fen_total"] - unload["paid_fen_total"]
