@@ -93,6 +93,33 @@ def test_example_plan_runs_and_reruns_without_issuing_twice(
     assert run_audit(ledger).ok
 
 
+def test_reconcile_gives_a_verdict_for_the_whole_ledger_and_figures_for_one_operator(
+    ledger: LedgerContext, database_url: str
+) -> None:
+    """Issuing to two operators balances the ledger; one operator's figures come without a
+    verdict (payments between operators move holdings between them, so only the whole ledger
+    balances; it once said NOT BALANCED for any operator of several), and an unknown operator
+    is operator_not_found."""
+    execute_plan(ledger, load_plan(EXAMPLE_PLAN))
+    exit_code, whole, output = run_cli("reconcile", "--database-url", database_url, "--json")
+    assert exit_code == 0 and whole["total"]["balanced"] is True
+    exit_code, _, output = run_cli("reconcile", "--database-url", database_url)
+    assert exit_code == 0 and "BALANCED" in output and "NOT BALANCED" not in output
+
+    exit_code, one, _ = run_cli("reconcile", "--operator", "BOC", "--database-url",
+                                database_url, "--json")
+    assert exit_code == 0
+    assert one == next(op for op in whole["operators"] if op["code"] == "BOC")
+    assert one["issued_fen"] == yuan(300_000)
+    exit_code, _, output = run_cli("reconcile", "--operator", "BOC", "--database-url",
+                                   database_url)
+    assert exit_code == 0 and "BALANCED" not in output and "BOC" in output
+    assert "only the whole ledger balances" in output
+    exit_code, _, output = run_cli("reconcile", "--operator", "NOPE", "--database-url",
+                                   database_url)
+    assert exit_code == 2 and output.startswith("error [operator_not_found] ")
+
+
 def write_big_plan(path: Path, run_id: str) -> int:
     """KILLED_RUN_ORDERS orders over two operators; returns the planned total in fen."""
     lines = [
