@@ -10,12 +10,18 @@ Settings (environment, read by :func:`open_ledger` when the caller passes nothin
   derived (the central bank's root key and each operator's key, see
   :mod:`cbdc.services.offline_keys`). Without it a fixed, publicly known test seed is used
   (:data:`TEST_OFFLINE_ROOT_SEED`). Production holds these keys in HSMs instead.
+* ``CBDC_LEDGER_ID``: the id every signed message names (``ledger_id``), so that a message
+  signed for one ledger is refused by another; ``cbdc-local`` without it. Set it once, before
+  the first wallet signs anything.
+
+A setting that is present but malformed is ``setting_invalid`` (naming it), never a default.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -25,6 +31,7 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, insert, select
 
 from cbdc.clock import Clock, SystemClock
+from cbdc.domain.errors import InvalidRequest
 from cbdc.domain.tiers import WalletClasses
 from cbdc.storage.engine import make_engine, read_transaction, write_transaction
 from cbdc.storage.migrate import ensure_current
@@ -41,14 +48,33 @@ ENV_OFFLINE_ROOT_SEED = "CBDC_OFFLINE_ROOT_SEED"
 TEST_OFFLINE_ROOT_SEED = hashlib.sha256(b"cbdc test offline root seed").digest()
 
 
+ENV_LEDGER_ID = "CBDC_LEDGER_ID"
+DEFAULT_LEDGER_ID = "cbdc-local"
+_SEED = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
+_LEDGER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)  # an id of docs/protocol.md
+
+
+def _setting_invalid(name: str, rule: str) -> InvalidRequest:
+    return InvalidRequest(f"the setting {name} must be {rule}", code="setting_invalid",
+                          field=name)
+
+
 def _seed_from_env(name: str, default: bytes) -> bytes:
     text = os.environ.get(name)
     if not text:
         return default
-    seed = bytes.fromhex(text)
-    if len(seed) != 32:
-        raise ValueError(f"{name} must be 64 hex characters (32 bytes)")
-    return seed
+    if _SEED.fullmatch(text) is None:
+        raise _setting_invalid(name, "64 hex characters (a 32-byte seed)")
+    return bytes.fromhex(text)
+
+
+def ledger_id_from_env() -> str:
+    text = os.environ.get(ENV_LEDGER_ID)
+    if not text:
+        return DEFAULT_LEDGER_ID
+    if _LEDGER_ID.fullmatch(text) is None:
+        raise _setting_invalid(ENV_LEDGER_ID, "1-64 of A-Z a-z 0-9 . _ : -")
+    return text
 
 
 def ledger_signing_seed_from_env() -> bytes:
@@ -84,7 +110,7 @@ class LedgerContext:
 
     engine: Engine
     clock: Clock = field(default_factory=SystemClock)
-    ledger_id: str = "cbdc-local"
+    ledger_id: str = DEFAULT_LEDGER_ID
     wallet_classes: WalletClasses = field(default_factory=WalletClasses)
     ledger_signing_seed: bytes = TEST_LEDGER_SIGNING_SEED
     offline_root_seed: bytes = TEST_OFFLINE_ROOT_SEED
@@ -130,13 +156,17 @@ def open_ledger(
     database_url: str | None = None,
     *,
     clock: Clock | None = None,
-    ledger_id: str = "cbdc-local",
+    ledger_id: str | None = None,
     check_schema: bool = True,
     wallet_classes: WalletClasses | None = None,
     ledger_signing_seed: bytes | None = None,
     offline_root_seed: bytes | None = None,
 ) -> LedgerContext:
     """Connect to a migrated database, refuse a schema that is behind, ensure the central bank."""
+    # Settings first: a malformed one is refused before the database is touched.
+    ledger_id = ledger_id or ledger_id_from_env()
+    ledger_signing_seed = ledger_signing_seed or ledger_signing_seed_from_env()
+    offline_root_seed = offline_root_seed or offline_root_seed_from_env()
     engine = make_engine(database_url)
     if check_schema:
         ensure_current(engine)
@@ -145,8 +175,8 @@ def open_ledger(
         clock=clock or SystemClock(),
         ledger_id=ledger_id,
         wallet_classes=wallet_classes or WalletClasses(),
-        ledger_signing_seed=ledger_signing_seed or ledger_signing_seed_from_env(),
-        offline_root_seed=offline_root_seed or offline_root_seed_from_env(),
+        ledger_signing_seed=ledger_signing_seed,
+        offline_root_seed=offline_root_seed,
     )
     ensure_central_bank(context)
     return context

@@ -13,7 +13,12 @@ from typer.testing import CliRunner
 
 from cbdc.cli import app
 from cbdc.domain.errors import InvalidRequest
-from cbdc.services.context import ENV_LEDGER_SIGNING_SEED, ENV_OFFLINE_ROOT_SEED
+from cbdc.services.context import (
+    ENV_LEDGER_ID,
+    ENV_LEDGER_SIGNING_SEED,
+    ENV_OFFLINE_ROOT_SEED,
+    open_ledger,
+)
 from cbdc.storage.engine import normalise_url
 
 runner = CliRunner()
@@ -124,3 +129,39 @@ def test_serve_warns_when_it_would_sign_with_the_public_test_keys(
     else:
         assert [line.split()[1] for line in warnings] == [ENV_LEDGER_SIGNING_SEED,
                                                           ENV_OFFLINE_ROOT_SEED]
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    (ENV_LEDGER_SIGNING_SEED, "not hex at all"),
+    (ENV_LEDGER_SIGNING_SEED, "ab" * 31),
+    (ENV_OFFLINE_ROOT_SEED, "zz" * 32),
+    (ENV_LEDGER_ID, "has a space"),
+    (ENV_LEDGER_ID, "x" * 65),
+])
+def test_a_malformed_setting_is_refused_by_name_before_the_database_is_touched(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    database = tmp_path / "ledger.sqlite3"
+    result = runner.invoke(app, ["audit", "--database-url", f"sqlite:///{database}"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error [setting_invalid] the setting {name} must be ")
+    assert "Traceback" not in result.output
+    assert not database.exists()
+
+
+def test_the_ledger_id_comes_from_its_setting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    assert runner.invoke(app, ["db", "upgrade", "--database-url", url]).exit_code == 0
+    monkeypatch.delenv(ENV_LEDGER_ID, raising=False)
+    contexts = [open_ledger(url)]
+    monkeypatch.setenv(ENV_LEDGER_ID, "pilot.shenzhen-2026")
+    contexts += [open_ledger(url), open_ledger(url, ledger_id="given")]  # an argument wins
+    try:
+        assert [context.ledger_id for context in contexts] == [
+            "cbdc-local", "pilot.shenzhen-2026", "given"]
+    finally:
+        for context in contexts:
+            context.dispose()
