@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cbdc.domain.errors import CbdcError, InvalidAmount, InvalidPlan, InvalidRequest
+from cbdc.domain.errors import (
+    CbdcError,
+    EntryConflict,
+    InvalidAmount,
+    InvalidPlan,
+    InvalidRequest,
+)
 from cbdc.domain.money import check_amount, parse_yuan
 from cbdc.services import issuance
 from cbdc.services.context import LedgerContext
@@ -186,6 +192,12 @@ def _parse_order(item: Mapping[str, Any], number: int) -> Order:
     return Order(number=number, operator=operator, zone=zone, amount_fen=amount)
 
 
+def _changed_plan(error: EntryConflict, run_id: str) -> EntryConflict:
+    """An entry of this run id was posted with other content: the plan was changed."""
+    return EntryConflict(f"{error.detail}: run {run_id} was run before with another plan; give "
+                         "a changed plan a new run_id", **error.extra)
+
+
 def execute_plan(
     context: LedgerContext,
     plan: Plan,
@@ -199,10 +211,13 @@ def execute_plan(
         if planned.quota_fen is not None:
             issuance.set_quota(context, planned.code, planned.quota_fen)
         if planned.reserve_fen:
-            issuance.deposit_reserve(
-                context, f"run:{plan.run_id}:reserve:{planned.code}", planned.code,
-                planned.reserve_fen, metadata={"run_id": plan.run_id},
-            )
+            try:
+                issuance.deposit_reserve(
+                    context, f"run:{plan.run_id}:reserve:{planned.code}", planned.code,
+                    planned.reserve_fen, metadata={"run_id": plan.run_id},
+                )
+            except EntryConflict as error:
+                raise _changed_plan(error, plan.run_id) from error
     report = RunReport(run_id=plan.run_id, orders_planned=len(plan.orders))
     for order in plan.orders:
         try:
@@ -210,6 +225,8 @@ def execute_plan(
                 context, order.entry_id(plan.run_id), order.operator, order.amount_fen,
                 metadata={"run_id": plan.run_id, "zone": order.zone, "order": order.number},
             )
+        except EntryConflict as error:
+            report.failures.append((order, _changed_plan(error, plan.run_id)))
         except CbdcError as error:
             report.failures.append((order, error))
         else:

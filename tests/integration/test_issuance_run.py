@@ -305,3 +305,31 @@ def test_orders_over_quota_fail_with_quota_exceeded_and_exit_1(
     assert exit_code == 1
     assert "quota_exceeded" in output
     assert run_audit(ledger).ok
+
+
+def test_a_changed_plan_under_the_same_run_id_is_told_to_take_a_new_run_id(
+    ledger: LedgerContext, database_url: str, tmp_path: Path
+) -> None:
+    plan = EXAMPLE_PLAN.read_text(encoding="utf-8")
+    execute_plan(ledger, load_plan(EXAMPLE_PLAN))
+    entries = journal_count(ledger)
+    changed_reserve = tmp_path / "reserve.toml"
+    changed_reserve.write_text(plan.replace('reserve = "600000.00"', 'reserve = "700000.00"'),
+                               encoding="utf-8")
+    assert changed_reserve.read_text(encoding="utf-8") != plan
+    exit_code, _, output = run_cli("issue", "run", str(changed_reserve), "--database-url",
+                                   database_url)
+    assert exit_code == 2 and output.startswith("error [entry_conflict] ")
+    assert "give a changed plan a new run_id" in " ".join(output.split())
+
+    changed_order = tmp_path / "order.toml"
+    changed_order.write_text(plan.replace('amount = "250000.00"', 'amount = "250001.00"', 1),
+                             encoding="utf-8")
+    assert changed_order.read_text(encoding="utf-8") != plan
+    exit_code, report, _ = run_cli("issue", "run", str(changed_order), "--database-url",
+                                   database_url, "--json")
+    assert exit_code == 1
+    [failure] = report["failures"]
+    assert failure["code"] == "entry_conflict"
+    assert "give a changed plan a new run_id" in failure["detail"]
+    assert journal_count(ledger) == entries
