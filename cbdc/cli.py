@@ -294,11 +294,16 @@ def apikey_list(database_url: DatabaseUrl = None) -> None:
 
 @apikey_app.command("revoke")
 @domain_errors
-def apikey_revoke(prefix: str, database_url: DatabaseUrl = None) -> None:
-    """Revoke the API key(s) with this display prefix."""
+def apikey_revoke(
+    key: Annotated[str, typer.Argument(
+        metavar="KEY_OR_PREFIX", help="The key, or its display prefix as create and list print "
+                                      "it ('...' may be left on).")],
+    database_url: DatabaseUrl = None,
+) -> None:
+    """Revoke an API key, named by the key or by its display prefix."""
     context = _open(database_url)
     try:
-        count = apikeys.revoke_api_key(context, prefix)
+        count = apikeys.revoke_api_key(context, key)
     finally:
         context.dispose()
     console.print(f"revoked {count} key(s)")

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import func, insert, select, update
 
 from cbdc.domain.errors import AuthenticationFailed, NotFound
 from cbdc.services.context import LedgerContext
@@ -121,16 +121,28 @@ def verify_api_key(context: LedgerContext, key: str) -> Principal:
     return Principal(institution_id=row.id, institution_code=row.code, role=row.role)
 
 
-def revoke_api_key(context: LedgerContext, prefix: str) -> int:
-    """Revoke every live key whose display prefix is ``prefix``; return how many."""
+def revoke_api_key(context: LedgerContext, key_or_prefix: str) -> int:
+    """Revoke a key, named by the key itself or by its display prefix (as ``cbdc apikey
+    create`` and ``list`` print it, ``...`` included or not: every live key with that prefix);
+    return how many were revoked."""
+    text = key_or_prefix.removesuffix("...")
+    if len(text) > DISPLAY_PREFIX_LENGTH:
+        matches = api_keys.c.key_hash == hash_key(text)
+        named = f"{text[:DISPLAY_PREFIX_LENGTH]}... (the whole key)"
+    else:
+        matches = api_keys.c.prefix == text
+        named = f"with prefix {text!r}"
     with context.write() as connection:
         result = connection.execute(
-            update(api_keys)
-            .where(api_keys.c.prefix == prefix, api_keys.c.revoked_at.is_(None))
+            update(api_keys).where(matches, api_keys.c.revoked_at.is_(None))
             .values(revoked_at=context.now())
         )
         if result.rowcount == 0:
-            raise NotFound(f"no live API key with prefix {prefix!r}", code="api_key_not_found")
+            revoked = connection.execute(
+                select(func.count()).select_from(api_keys).where(matches)
+            ).scalar_one()
+            state = "is already revoked" if revoked else "is not known"
+            raise NotFound(f"the API key {named} {state}", code="api_key_not_found")
         return int(result.rowcount)
 
 

@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from typer.testing import CliRunner
 
 from cbdc.cli import app as cli
+from cbdc.domain.errors import CbdcError
 from cbdc.domain.money import yuan
 from cbdc.services import apikeys, issuance
 from cbdc.services.context import LedgerContext
@@ -42,6 +44,33 @@ def test_apikey_create_prints_a_working_key_once(
     revoked = runner.invoke(cli, ["apikey", "revoke", key[:12], "--database-url", database_url])
     assert revoked.exit_code == 0
     assert apikeys.list_api_keys(ledger)[0].revoked_at is not None
+
+
+def test_apikey_revoke_takes_the_key_or_its_prefix_as_printed(
+    ledger: LedgerContext, database_url: str
+) -> None:
+    issuance.create_operator(ledger, "BANK-R", "Bank R")
+    keys = []
+    for _ in range(3):
+        created = runner.invoke(cli, ["apikey", "create", "BANK-R", "--database-url",
+                                      database_url])
+        assert created.exit_code == 0
+        keys.append(created.stdout.strip().splitlines()[-1])
+        assert f"API key {keys[-1][:12]}... for BANK-R" in created.output  # the printed form
+    for named in (keys[0], f"{keys[1][:12]}...", keys[2][:12]):
+        revoked = runner.invoke(cli, ["apikey", "revoke", named, "--database-url", database_url])
+        assert revoked.exit_code == 0, revoked.output
+        assert "revoked 1 key(s)" in revoked.output
+    for key in keys:
+        with pytest.raises(CbdcError):
+            apikeys.verify_api_key(ledger, key)
+    again = runner.invoke(cli, ["apikey", "revoke", keys[0], "--database-url", database_url])
+    assert again.exit_code == 2
+    assert again.output.startswith("error [api_key_not_found] ")
+    assert "already revoked" in " ".join(again.output.split())  # Rich wraps at 80 columns
+    unknown = runner.invoke(cli, ["apikey", "revoke", "cbdc_nothing", "--database-url",
+                                  database_url])
+    assert unknown.exit_code == 2 and "is not known" in " ".join(unknown.output.split())
 
 
 def test_apikey_for_unknown_institution_fails(database_url: str) -> None:
