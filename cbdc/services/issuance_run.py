@@ -195,7 +195,8 @@ def _parse_order(item: Mapping[str, Any], number: int) -> Order:
 def _changed_plan(error: EntryConflict, run_id: str) -> EntryConflict:
     """An entry of this run id was posted with other content: the plan was changed."""
     return EntryConflict(f"{error.detail}: run {run_id} was run before with another plan; give "
-                         "a changed plan a new run_id", **error.extra)
+                         "a changed plan a new run_id", entry_id=error.extra.get("entry_id"),
+                         run_id=run_id)
 
 
 def execute_plan(
