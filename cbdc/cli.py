@@ -18,8 +18,9 @@ import typer
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from sqlalchemy.engine import make_url
 
-from cbdc.domain.errors import NotFound
+from cbdc.domain.errors import DatabaseUnavailable, NotFound
 from cbdc.domain.money import format_yuan
 from cbdc.services import apikeys, issuance
 from cbdc.services.audit import AuditReport, run_audit
@@ -63,8 +64,18 @@ def _url(database_url: str | None) -> str:
     return normalise_url(database_url or database_url_from_env())
 
 
+def _existing(url: str) -> str:
+    """``url``, for a command that needs a migrated database: a SQLite file that does not exist
+    is database_unavailable here, rather than created empty and then found out of date."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
+        raise DatabaseUnavailable(f"the ledger database is unavailable: no file "
+                                  f"{parsed.database} (`cbdc db upgrade` creates it)")
+    return url
+
+
 def _open(database_url: str | None) -> LedgerContext:
-    return open_ledger(_url(database_url))
+    return open_ledger(_existing(_url(database_url)))
 
 
 @db_app.command("upgrade")
@@ -84,14 +95,21 @@ def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None
 @domain_errors
 def db_downgrade(revision: str, database_url: DatabaseUrl = None) -> None:
     """Revert migrations down to REVISION ('base' removes everything)."""
-    migrate.downgrade(_url(database_url), revision)
+    url = _existing(_url(database_url))
+    migrate.downgrade(url, revision)
+    engine = make_engine(url)
+    try:
+        current = migrate.current_revision(engine)
+    finally:
+        engine.dispose()
+    console.print(f"schema at [bold]{current or 'base (empty)'}[/]")
 
 
 @db_app.command("current")
 @domain_errors
 def db_current(database_url: DatabaseUrl = None) -> None:
     """Show the schema revision of the database and of the code."""
-    engine = make_engine(_url(database_url))
+    engine = make_engine(_existing(_url(database_url)))
     try:
         current = migrate.current_revision(engine)
     finally:

@@ -47,6 +47,8 @@ class DatabaseMaker:
             if migrated:
                 assert self.sqlite_template is not None
                 shutil.copy(self.sqlite_template, path)
+            else:
+                path.touch()  # an empty file is an empty SQLite database
             url = f"sqlite:///{path}"
         else:
             assert self.server is not None

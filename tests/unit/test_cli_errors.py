@@ -138,16 +138,39 @@ def test_serve_warns_when_it_would_sign_with_the_public_test_keys(
     (ENV_LEDGER_ID, "has a space"),
     (ENV_LEDGER_ID, "x" * 65),
 ])
-def test_a_malformed_setting_is_refused_by_name_before_the_database_is_touched(
+def test_a_malformed_setting_is_refused_by_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, name: str, value: str
 ) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    assert runner.invoke(app, ["db", "upgrade", "--database-url", url]).exit_code == 0
     monkeypatch.setenv(name, value)
+    for command in (["audit"], ["reconcile"], ["serve"]):
+        result = runner.invoke(app, [*command, "--database-url", url])
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error [setting_invalid] the setting {name} must be ")
+        assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", [["audit"], ["reconcile"], ["db", "current"],
+                                     ["db", "downgrade", "base"], ["serve"],
+                                     ["issue", "run", PLAN], ["apikey", "list"]])
+def test_a_command_that_needs_a_database_leaves_no_file_where_there_was_none(
+    tmp_path: Path, command: list[str]
+) -> None:
     database = tmp_path / "ledger.sqlite3"
-    result = runner.invoke(app, ["audit", "--database-url", f"sqlite:///{database}"])
+    result = runner.invoke(app, [*command, "--database-url", f"sqlite:///{database}"])
     assert result.exit_code == 2, result.output
-    assert result.output.startswith(f"error [setting_invalid] the setting {name} must be ")
-    assert "Traceback" not in result.output
+    assert result.output.startswith("error [database_unavailable] the ledger database is "
+                                    "unavailable: no file ")
+    assert "cbdc db upgrade` creates it" in " ".join(result.output.split())
     assert not database.exists()
+
+
+def test_db_downgrade_says_where_the_schema_is(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
+    assert runner.invoke(app, ["db", "upgrade", "--database-url", url]).exit_code == 0
+    result = runner.invoke(app, ["db", "downgrade", "base", "--database-url", url])
+    assert result.exit_code == 0 and result.output.strip() == "schema at base (empty)"
 
 
 def test_the_ledger_id_comes_from_its_setting(
