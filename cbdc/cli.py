@@ -379,6 +379,6 @@ def serve(
         if not os.environ.get(name):
             errors.print(f"[bold yellow]warning[/] {name} is not set: {what} with the public "
                          "test key, with which anyone can sign; never serve real money so "
-                         "(docs/operations.md)", highlight=False)
+                         "(docs/operations.md)", highlight=False, soft_wrap=True)
     os.environ[ENV_DATABASE_URL] = url  # each worker's app factory opens it
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)

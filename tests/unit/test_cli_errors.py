@@ -129,6 +129,7 @@ def test_serve_warns_when_it_would_sign_with_the_public_test_keys(
     else:
         assert [line.split()[1] for line in warnings] == [ENV_LEDGER_SIGNING_SEED,
                                                           ENV_OFFLINE_ROOT_SEED]
+        assert all(line.endswith("(docs/operations.md)") for line in warnings)  # one line each
 
 
 @pytest.mark.parametrize(("name", "value"), [
