@@ -27,7 +27,7 @@ def print_error(error: CbdcError) -> None:
     # escape(): Rich reads "[plan_invalid]" (or "[[orders]]" in a detail) as markup and would
     # silently drop the stable code the caller switches on.
     errors.print(f"[bold red]error[/] {escape(f'[{error.code}]')} {escape(error.detail)}",
-                 highlight=False)
+                 highlight=False, soft_wrap=True)  # one line, however narrow the terminal
 
 
 P = ParamSpec("P")
