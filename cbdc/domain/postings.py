@@ -18,12 +18,29 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from cbdc.domain.errors import InvalidPostings
+from cbdc.domain.errors import InvalidPostings, InvalidRequest
 from cbdc.domain.money import AMOUNT_FEN_MAX
 
 #: The ``prev_hash`` of the first entry in the chain.
 GENESIS_HASH = "0" * 64
 ENTRY_ID_LENGTH_MAX = 128
+#: The entry ids the ledger makes for itself start with these (a settlement's
+#: ``<kind>:<payment id>``, an issuance run's ``run:<run id>:...``, an offline entry's
+#: ``offline-...`` or ``operator-loss:...``). An id a caller chooses (a top-up's, an
+#: issuance's) may not: it could take the id a customer's refund will need.
+RESERVED_ENTRY_ID_PREFIXES = (
+    "payment:", "capture:", "refund:", "run:", "offline-", "operator-loss:",
+)
+
+
+def check_caller_entry_id(entry_id: str) -> None:
+    """Refuse an entry id a caller chose that starts like the ids the ledger makes."""
+    if isinstance(entry_id, str) and entry_id.startswith(RESERVED_ENTRY_ID_PREFIXES):
+        raise InvalidRequest(
+            f"entry id {entry_id!r} starts with a prefix the ledger keeps for its own entries "
+            f"({', '.join(RESERVED_ENTRY_ID_PREFIXES)})",
+            code="entry_id_reserved", field="entry_id",
+        )
 KIND_LENGTH_MAX = 32
 
 

@@ -29,7 +29,7 @@ from sqlalchemy import Connection
 
 from cbdc.domain.errors import CbdcError
 from cbdc.domain.money import check_amount
-from cbdc.domain.postings import EntryDraft, transfer
+from cbdc.domain.postings import EntryDraft, check_caller_entry_id, transfer
 from cbdc.domain.tiers import check_incoming
 from cbdc.services.batches import only
 from cbdc.services.context import LedgerContext
@@ -90,6 +90,7 @@ def _fund(
     pending: list[tuple[int, Funding]] = []
     for index, item in enumerate(items):
         try:
+            check_caller_entry_id(item.entry_id)
             check_amount(item.amount_fen)
         except CbdcError as error:
             results[index] = error

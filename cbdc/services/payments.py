@@ -748,9 +748,10 @@ def answer_after_race(
             f"{payment_id}: a concurrent settlement used the same key and sequence",
             code="sequence_not_fresh",
         )
-    # A refund carries no sequence or code: nothing but its own id (found above) can collide.
-    raise Conflict(f"{payment_id}: a concurrent settlement changed what this one read; send "
-                   "it again", code="concurrent_update")
+    # A refund carries no sequence or code: only its journal entry id can collide, and an entry
+    # no refund made holds it (callers may not choose such ids; an older ledger let them).
+    raise Conflict(f"{payment_id}: the refund's journal entry id is held by another entry",
+                   code="refund_conflict")
 
 
 def settled_row(

@@ -33,7 +33,7 @@ from sqlalchemy import Connection, insert, select, update
 from cbdc.domain.errors import AlreadyExists, CbdcError, Forbidden, InvalidRequest, StatusRefused
 from cbdc.domain.identity import SALT_BYTES as IDENTITY_SALT_BYTES
 from cbdc.domain.identity import IdentityEvidence, bank_account_ref, evidence_hash
-from cbdc.domain.postings import EntryDraft, transfer
+from cbdc.domain.postings import EntryDraft, check_caller_entry_id, transfer
 from cbdc.domain.settlement import Party, plan_transfer
 from cbdc.domain.signing import public_key_from_hex
 from cbdc.domain.tiers import (
@@ -634,6 +634,7 @@ def close_sub_wallet(
     """The parent closes a sub-wallet; what it holds goes back to the parent in entry
     ``entry_id`` (kind ``sub_wallet_sweep``), over the parent's cap only through a waterfall.
     A frozen sub-wallet can be closed this way; a frozen parent cannot receive."""
+    check_caller_entry_id(entry_id)
     with context.write() as connection:
         rows = load_wallets(connection, [parent_wallet_id, sub_wallet_id], lock=True)
         parent, sub = rows[parent_wallet_id], rows[sub_wallet_id]

@@ -518,3 +518,42 @@ def test_parallel_retries_of_one_mixed_batch_settle_each_item_once(
         assert len({r["settlement"]["entry_seq"] for r in results}) == 1
     assert journal_length(ledger) == length + 3
     assert balance(client, keys.bank_a, "w-carol") == yuan(1_000) - 1_500 - 4_000 + 1_000
+
+
+def test_an_operator_cannot_take_the_entry_id_a_customers_refund_will_need(
+    client: TestClient, keys: Keys, parties: Parties, clock: ManualClock, ledger: LedgerContext
+) -> None:
+    """A settlement's journal entry id is ``<kind>:<its id>``, and funding entry ids are chosen
+    by the operator: a top-up named ``refund:r-1`` would have blocked refund r-1 for good (found
+    by review). Every id a caller chooses is refused such a prefix, on every route that takes
+    one, and the refund then settles."""
+    paid = client.post("/v1/payments", json=payment(parties, clock, "p-1", 5_000, 1),
+                       headers=money_headers(keys.bank_a))
+    assert paid.status_code == 201, paid.text
+    before = snapshot(ledger)
+    squats = [
+        ("/v1/wallets/w-carol/top-ups", keys.bank_a, {"entry_id": "refund:r-1", "amount_fen": 1}),
+        ("/v1/wallets/w-noodles/withdrawals", keys.bank_b,
+         {"entry_id": "payment:p-2", "amount_fen": 1}),
+        ("/v1/issuances", keys.central_bank,
+         {"entry_id": "run:x:order:00001", "operator": "BANK-A", "amount_fen": 1}),
+        ("/v1/redemptions", keys.central_bank,
+         {"entry_id": "capture:c-1", "operator": "BANK-A", "amount_fen": 1}),
+        ("/v1/operators/BANK-A/reserve-deposits", keys.central_bank,
+         {"entry_id": "offline-load:l-1", "amount_fen": 1}),
+    ]
+    for path, key, body in squats:
+        assert_problem(client.post(path, json=body, headers=money_headers(key)), 400,
+                       "entry_id_reserved", field="entry_id")
+    batch = client.post("/v1/top-ups/batch", headers=money_headers(keys.bank_a), json={"items": [
+        {"wallet_id": "w-carol", "entry_id": "refund:r-1", "amount_fen": 1},
+        {"wallet_id": "w-carol", "entry_id": "t-fine", "amount_fen": 1}]})
+    assert [r["status"] for r in batch.json()["results"]] == [400, 201]
+    assert batch.json()["results"][0]["problem"]["code"] == "entry_id_reserved"
+    after = snapshot(ledger)
+    assert after["head"] != before["head"]  # only t-fine was posted
+    refund = client.post("/v1/refunds", headers=money_headers(keys.bank_b), json=dict(
+        build_refund(parties.shop, ledger_id=parties.ledger_id, refund_id="r-1",
+                     payment_id="p-1", merchant="w-noodles", amount_fen=1_000,
+                     created_at=clock.now())))
+    assert refund.status_code == 201, refund.text

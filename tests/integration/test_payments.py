@@ -390,13 +390,19 @@ def test_a_reverse_waterfall_the_bank_cannot_fund_is_refused_without_revealing_i
 
 @pytest.mark.parametrize(("kind", "code"), [("payment", "sequence_not_fresh"),
                                             ("capture", "payment_code_used"),
-                                            ("refund", "concurrent_update")])
+                                            ("refund", "refund_conflict")])
 def test_a_settlement_that_lost_a_race_and_is_not_recorded_is_told_what_collided(
     ledger: LedgerContext, kind: str, code: str
 ) -> None:
     """What answer_after_race tells a settlement whose row the database refused when the winner
     did not settle the same id: a payment's key sequence, a capture's code; a refund, which has
-    neither, is told to send it again rather than about a sequence it does not carry."""
+    neither, that its id is taken (for good: not a sequence it does not carry, nor "retry")."""
     with pytest.raises(CbdcError) as refused:
         answer_after_race(ledger, f"{kind}-lost", "0" * 64, kind)
     assert refused.value.code == code and refused.value.status == 409
+
+
+def test_a_sub_wallet_sweep_may_not_take_a_ledger_entry_id(ledger: LedgerContext) -> None:
+    with pytest.raises(CbdcError) as refused:
+        wallets.close_sub_wallet(ledger, "refund:r-1", "w-parent", "w-sub")
+    assert (refused.value.code, refused.value.extra["field"]) == ("entry_id_reserved", "entry_id")
