@@ -27,7 +27,11 @@ class _StrictJsonRequest(Request):
             try:
                 self._json = loads_strict(body)
             except JsonRefused as refused:
-                # FastAPI answers a JSONDecodeError as its json_invalid validation error.
+                # FastAPI answers a JSONDecodeError as its json_invalid validation error; its
+                # position is the parser's where it has one.
+                cause = refused.__cause__
+                if isinstance(cause, json.JSONDecodeError):
+                    raise cause from refused
                 raise json.JSONDecodeError(str(refused), body.decode("utf-8", "replace"),
                                            0) from refused
         return self._json

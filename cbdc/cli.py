@@ -28,6 +28,7 @@ from cbdc.services.context import (
     ENV_LEDGER_SIGNING_SEED,
     ENV_OFFLINE_ROOT_SEED,
     LedgerContext,
+    check_settings,
     open_ledger,
 )
 from cbdc.services.issuance_run import RunReport, execute_plan, load_plan
@@ -68,9 +69,14 @@ def _existing(url: str) -> str:
     """``url``, for a command that needs a migrated database: a SQLite file that does not exist
     is database_unavailable here, rather than created empty and then found out of date."""
     parsed = make_url(url)
-    if parsed.get_backend_name() == "sqlite" and not Path(parsed.database or "").is_file():
-        raise DatabaseUnavailable(f"the ledger database is unavailable: no file "
-                                  f"{parsed.database} (`cbdc db upgrade` creates it)")
+    if parsed.get_backend_name() != "sqlite":
+        return url
+    path = parsed.database or ""
+    if parsed.query.get("uri") == "true":  # sqlite:///file:NAME?mode=...&uri=true
+        path = path.removeprefix("file:").partition("?")[0]
+    if not Path(path).is_file():
+        raise DatabaseUnavailable(f"the ledger database is unavailable: no file {path} "
+                                  "(`cbdc db upgrade` creates it)")
     return url
 
 
@@ -344,6 +350,7 @@ def simulate_setup(
     `eval "$(cbdc simulate-setup ...)"` hands them to `cbdc simulate --api URL`."""
     url = _url(database_url)
     scenario = load_scenario(scenario_path) if scenario_path else default_scenario()
+    check_settings()  # before the database is created
     migrate.upgrade(url)
     context = open_ledger(url)
     try:
@@ -355,7 +362,8 @@ def simulate_setup(
     finally:
         context.dispose()
     errors.print(f"{len(pairs)} operators registered; API keys for the central bank and each "
-                 "operator (store them now, they are not shown again):", highlight=False)
+                 "operator (store them now, they are not shown again):", highlight=False,
+                 soft_wrap=True)
     print(f"export CBDC_API_KEY={shlex.quote(central_bank_key)}")
     print(f"export CBDC_SIM_OPERATOR_KEYS={shlex.quote(' '.join(pairs))}")
 

@@ -11,6 +11,7 @@ here (a QR payload, which must already be canonical).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, NoReturn
 
 
@@ -28,10 +29,12 @@ def loads_strict(text: str | bytes, *, floats: bool = True) -> Any:
             text,
             object_pairs_hook=_refuse_duplicates,
             parse_constant=_refuse_constant,
-            parse_float=float if floats else _refuse_float,
+            parse_float=_finite if floats else _refuse_float,
         )
     except JsonRefused:
         raise
+    except RecursionError as exc:
+        raise JsonRefused("nested too deeply") from exc
     except (UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError is a ValueError
         raise JsonRefused(str(exc)) from exc
 
@@ -47,6 +50,13 @@ def _refuse_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _refuse_constant(text: str) -> NoReturn:
     raise JsonRefused(f"{text} is not a JSON number")
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e400 reads as infinity
+        raise JsonRefused(f"{text} is not a finite number")
+    return value
 
 
 def _refuse_float(text: str) -> NoReturn:

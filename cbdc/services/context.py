@@ -31,7 +31,8 @@ from datetime import datetime
 from sqlalchemy import Connection, Engine, insert, select
 
 from cbdc.clock import Clock, SystemClock
-from cbdc.domain.errors import InvalidRequest
+from cbdc.domain.errors import FieldInvalid, InvalidRequest
+from cbdc.domain.messages import check_id
 from cbdc.domain.tiers import WalletClasses
 from cbdc.storage.engine import make_engine, read_transaction, write_transaction
 from cbdc.storage.migrate import ensure_current
@@ -51,7 +52,6 @@ TEST_OFFLINE_ROOT_SEED = hashlib.sha256(b"cbdc test offline root seed").digest()
 ENV_LEDGER_ID = "CBDC_LEDGER_ID"
 DEFAULT_LEDGER_ID = "cbdc-local"
 _SEED = re.compile(r"[0-9a-fA-F]{64}", re.ASCII)
-_LEDGER_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}", re.ASCII)  # an id of docs/protocol.md
 
 
 def _setting_invalid(name: str, rule: str) -> InvalidRequest:
@@ -72,9 +72,18 @@ def ledger_id_from_env() -> str:
     text = os.environ.get(ENV_LEDGER_ID)
     if not text:
         return DEFAULT_LEDGER_ID
-    if _LEDGER_ID.fullmatch(text) is None:
-        raise _setting_invalid(ENV_LEDGER_ID, "1-64 of A-Z a-z 0-9 . _ : -")
+    try:
+        check_id(ENV_LEDGER_ID, text)  # an id of docs/protocol.md
+    except FieldInvalid as error:
+        raise _setting_invalid(ENV_LEDGER_ID, "an id: " + error.detail) from error
     return text
+
+
+def check_settings() -> None:
+    """Refuse a malformed setting (``setting_invalid``), as :func:`open_ledger` would."""
+    ledger_id_from_env()
+    ledger_signing_seed_from_env()
+    offline_root_seed_from_env()
 
 
 def ledger_signing_seed_from_env() -> bytes:

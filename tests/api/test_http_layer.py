@@ -54,6 +54,7 @@ def test_malformed_json_is_request_invalid(client: TestClient, keys: Keys) -> No
     )
     document = assert_problem(response, 422, "request_invalid")
     assert document["errors"][0]["type"] == "json_invalid"
+    assert document["errors"][0]["loc"] == ["body", "33"]  # where the parser stopped
     missing = client.post("/v1/issuances", headers=money_headers(keys.central_bank))
     assert_problem(missing, 422, "request_invalid")
 

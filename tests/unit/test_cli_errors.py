@@ -190,3 +190,29 @@ def test_the_ledger_id_comes_from_its_setting(
     finally:
         for context in contexts:
             context.dispose()
+
+
+def test_a_sqlite_uri_url_names_its_file(tmp_path: Path) -> None:
+    """``sqlite:///file:PATH?...&uri=true`` opens PATH (the missing-file check strips the URI
+    form; it once took ``file:PATH`` for the path and refused a database that exists)."""
+    path = tmp_path / "uri.sqlite3"
+    create = f"sqlite:///file:{path}?mode=rwc&uri=true"
+    assert runner.invoke(app, ["db", "upgrade", "--database-url", create]).exit_code == 0
+    assert path.is_file()
+    result = runner.invoke(app, ["reconcile", "--database-url",
+                                 f"sqlite:///file:{path}?mode=rw&uri=true"])
+    assert result.exit_code == 0, result.output
+    missing = runner.invoke(app, ["reconcile", "--database-url",
+                                  f"sqlite:///file:{tmp_path / 'none.sqlite3'}?mode=rw&uri=true"])
+    assert missing.exit_code == 2 and "no file " in missing.output
+
+
+def test_simulate_setup_checks_the_settings_before_it_creates_the_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ENV_LEDGER_ID, "not an id")
+    database = tmp_path / "setup.sqlite3"
+    result = runner.invoke(app, ["simulate-setup", "--database-url", f"sqlite:///{database}"])
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(f"error [setting_invalid] the setting {ENV_LEDGER_ID} ")
+    assert not database.exists()

@@ -41,3 +41,24 @@ def test_floats_can_be_refused_and_bytes_must_be_utf8() -> None:
         loads_strict('{"memo": "x"}'.encode("utf-16"))
     with pytest.raises(JsonRefused):
         loads_strict(b'{"memo": "\xff"}')
+
+
+def test_a_number_too_big_for_a_float_and_nesting_too_deep_are_refused() -> None:
+    with pytest.raises(JsonRefused, match="1e400 is not a finite number"):
+        loads_strict('{"a": 1e400}')
+    assert loads_strict('{"a": 1e300}') == {"a": 1e300}
+    with pytest.raises(JsonRefused, match="nested too deeply"):
+        loads_strict("[" * 100_000 + "]" * 100_000)
+
+
+def test_a_qr_payload_nested_too_deeply_is_qr_invalid() -> None:
+    import base64
+
+    from cbdc.domain.errors import InvalidQr
+    from cbdc.domain.qr import decode_qr
+
+    body = ("[" * 1_000 + "]" * 1_000).encode()  # within the QR length limit
+    text = "CBDC1:" + base64.urlsafe_b64encode(body).rstrip(b"=").decode()
+    assert len(text) <= 2_953
+    with pytest.raises(InvalidQr, match="nested too deeply"):
+        decode_qr(text)
