@@ -207,6 +207,7 @@ def test_no_chart_legend_hides_its_data(runs: Runs, name: str) -> None:
 
     figure = Figure(figsize=(10, 4.2), dpi=100)
     DRAWERS[name](runs.first.result, figure)
+    figure.suptitle(dict(CHARTS)[name])  # laid out as draw_charts lays it out
     figure.tight_layout()
     figure.draw_without_rendering()
     for axes in figure.axes:
