@@ -23,7 +23,7 @@ from cbdc.domain.money import yuan
 from cbdc.domain.tiers import Limits
 from cbdc.services import keys, wallets
 from cbdc.services.audit import run_audit
-from cbdc.services.context import LedgerContext, open_ledger
+from cbdc.services.context import ENV_LEDGER_ID, LedgerContext, open_ledger
 from cbdc.services.funding import top_up
 from cbdc.services.payments import (
     Settlement,
@@ -406,3 +406,25 @@ def test_a_sub_wallet_sweep_may_not_take_a_ledger_entry_id(ledger: LedgerContext
     with pytest.raises(CbdcError) as refused:
         wallets.close_sub_wallet(ledger, "refund:r-1", "w-parent", "w-sub")
     assert (refused.value.code, refused.value.extra["field"]) == ("entry_id_reserved", "entry_id")
+
+
+def test_a_ledger_with_its_own_id_refuses_a_message_signed_for_another(
+    database_url: str, clock: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """CBDC_LEDGER_ID: a payment signed for the default ledger id is ledger_id_mismatch at a
+    ledger that has its own; one signed for its id settles."""
+    monkeypatch.setenv(ENV_LEDGER_ID, "pilot-sz")
+    ledger = open_ledger(database_url, clock=clock)
+    try:
+        assert ledger.ledger_id == "pilot-sz"
+        funded_operator(ledger)
+        new_wallet(ledger, "w-alice")
+        new_wallet(ledger, "w-bob", phone="+8613800000002")
+        top_up(ledger, "t-1", "w-alice", yuan(100))
+        alice = Holder(ledger, "w-alice")
+        elsewhere = alice.payment("w-bob", yuan(10), "p-elsewhere", ledger_id="cbdc-local")
+        error = refused(ledger, "ledger_id_mismatch", lambda: settle_payment(ledger, elsewhere))
+        assert error.extra["field"] == "ledger_id"
+        assert alice.pay("w-bob", yuan(10), "p-here").amount_fen == yuan(10)
+    finally:
+        ledger.dispose()
