@@ -257,7 +257,7 @@ def print_supply(report: SupplyReport, *, verdict: bool = True) -> None:
 
 def _print_audit(report: AuditReport) -> None:
     console.print(
-        f"audited {report.entries_checked} journal entries and {report.accounts_checked} "
+        f"audited {report.entries_checked:,} journal entries and {report.accounts_checked:,} "
         f"accounts; e-CNY outstanding {_cny(report.ecny_outstanding_fen)}, holdings "
         f"{_cny(report.holdings_fen)}"
     )
