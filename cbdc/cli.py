@@ -86,10 +86,14 @@ def _open(database_url: str | None) -> LedgerContext:
 
 @db_app.command("upgrade")
 @domain_errors
-def db_upgrade(database_url: DatabaseUrl = None, revision: str = "head") -> None:
-    """Apply migrations up to REVISION (default: the newest)."""
+def db_upgrade(
+    revision: Annotated[str | None, typer.Argument(help="Default: the newest.")] = None,
+    database_url: DatabaseUrl = None,
+    revision_option: Annotated[str | None, typer.Option("--revision", hidden=True)] = None,
+) -> None:
+    """Apply migrations up to REVISION (default: the newest), as db downgrade takes it."""
     url = _url(database_url)
-    migrate.upgrade(url, revision)
+    migrate.upgrade(url, revision or revision_option or "head")
     engine = make_engine(url)
     try:
         console.print(f"schema at [bold]{migrate.current_revision(engine)}[/]")

@@ -19,6 +19,7 @@ from cbdc.services.context import (
     ENV_OFFLINE_ROOT_SEED,
     open_ledger,
 )
+from cbdc.storage import migrate
 from cbdc.storage.engine import normalise_url
 
 runner = CliRunner()
@@ -90,7 +91,7 @@ def test_plain_postgresql_urls_go_to_psycopg_3() -> None:
 def test_an_unknown_revision_is_refused_and_changes_nothing(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'ledger.sqlite3'}"
     assert runner.invoke(app, ["db", "upgrade", "--database-url", url]).exit_code == 0
-    for command in (["db", "upgrade", "--revision", "no-such"], ["db", "downgrade", "no-such"],
+    for command in (["db", "upgrade", "no-such"], ["db", "downgrade", "no-such"],
                     ["db", "upgrade", "--revision", "@"], ["db", "downgrade", ""]):
         result = runner.invoke(app, [*command, "--database-url", url])
         assert result.exit_code == 2, result.output
@@ -173,6 +174,9 @@ def test_db_downgrade_says_where_the_schema_is(tmp_path: Path) -> None:
     assert runner.invoke(app, ["db", "upgrade", "--database-url", url]).exit_code == 0
     result = runner.invoke(app, ["db", "downgrade", "base", "--database-url", url])
     assert result.exit_code == 0 and result.output.strip() == "schema at base (empty)"
+    head = migrate.head_revision()  # db upgrade takes REVISION as db downgrade does
+    result = runner.invoke(app, ["db", "upgrade", head, "--database-url", url])
+    assert result.exit_code == 0 and result.output.strip() == f"schema at {head}"
 
 
 def test_the_ledger_id_comes_from_its_setting(
