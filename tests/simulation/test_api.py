@@ -5,6 +5,7 @@ settled (online or offline) is in the server's books."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
@@ -135,6 +136,11 @@ def test_a_tiny_pilot_settles_over_http_and_the_servers_books_hold(
     central_bank = {"Authorization": f"Bearer {server.central_bank_key}"}
     audit = httpx.post(f"{server.base}/v1/audits", headers=central_bank)
     assert audit.status_code == 200 and audit.json()["ok"] is True, audit.text
+    # The final state hash digests the server's figures at the end (taken once, with the
+    # verdicts): the same figures asked for again give it.
+    supply = httpx.get(f"{server.base}/v1/reports/supply", headers=central_bank).json()
+    figures = json.dumps({"audit": audit.json(), "supply": supply}, sort_keys=True)
+    assert metrics["final_state_hash"] == "http:" + hashlib.sha256(figures.encode()).hexdigest()
     cases = httpx.get(f"{server.base}/v1/offline/fraud-cases", headers=central_bank).json()
     assert len(cases["cases"]) == metrics["fraud"]["cases"] >= 3  # a case per clone at least
     context = open_ledger(server.database_url)
