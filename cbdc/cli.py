@@ -366,8 +366,7 @@ def simulate_setup(
     finally:
         context.dispose()
     errors.print(f"{len(pairs)} operators registered; API keys for the central bank and each "
-                 "operator (store them now, they are not shown again):", highlight=False,
-                 soft_wrap=True)
+                 "operator (store them now, they are not shown again):", highlight=False)
     print(f"export CBDC_API_KEY={shlex.quote(central_bank_key)}")
     print(f"export CBDC_SIM_OPERATOR_KEYS={shlex.quote(' '.join(pairs))}")
 
@@ -391,6 +390,6 @@ def serve(
         if not os.environ.get(name):
             errors.print(f"[bold yellow]warning[/] {name} is not set: {what} with the public "
                          "test key, with which anyone can sign; never serve real money so "
-                         "(docs/operations.md)", highlight=False, soft_wrap=True)
+                         "(docs/operations.md)", highlight=False)
     os.environ[ENV_DATABASE_URL] = url  # each worker's app factory opens it
     uvicorn.run("api.app:create_app", factory=True, host=host, port=port, workers=workers)

@@ -18,8 +18,9 @@ from cbdc.storage.engine import database_unavailable
 
 #: Tables and results; as wide as the terminal, or 132 columns into a pipe or a file.
 console = Console(width=None if sys.stdout.isatty() else 132)
-#: Progress, notices and errors.
-errors = Console(stderr=True)
+#: Progress, notices and errors: each printed line stays one line, however narrow the terminal
+#: (logs and scripts read them; Rich would otherwise wrap them at 80 columns in a pipe).
+errors = Console(stderr=True, soft_wrap=True)
 
 
 def print_error(error: CbdcError) -> None:
@@ -27,7 +28,7 @@ def print_error(error: CbdcError) -> None:
     # escape(): Rich reads "[plan_invalid]" (or "[[orders]]" in a detail) as markup and would
     # silently drop the stable code the caller switches on.
     errors.print(f"[bold red]error[/] {escape(f'[{error.code}]')} {escape(error.detail)}",
-                 highlight=False, soft_wrap=True)  # one line, however narrow the terminal
+                 highlight=False)
 
 
 P = ParamSpec("P")
