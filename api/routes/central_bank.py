@@ -23,7 +23,7 @@ from api.schemas.central_bank import (
     ReserveDeposit,
     RunReport,
 )
-from cbdc.domain.postings import check_caller_entry_id, format_timestamp
+from cbdc.domain.postings import format_timestamp
 from cbdc.services import issuance, issuance_run, run_reports
 from cbdc.storage.journal import PostedEntry
 
@@ -101,17 +101,10 @@ def deposit_reserve(
     return run_idempotent(
         request, context, principal, idempotency_key, body,
         lambda: (201, entry_out(
-            issuance.deposit_reserve(context, _caller_entry(body.entry_id), code, body.amount_fen)
+            issuance.deposit_reserve(context, body.entry_id, code, body.amount_fen)
         )),
     )
 
-
-
-def _caller_entry(entry_id: str) -> str:
-    """The central bank's entry id, refused if it takes a prefix the ledger keeps for itself
-    (the issuance runs' ``run:`` ids among them)."""
-    check_caller_entry_id(entry_id)
-    return entry_id
 
 @router.post(
     "/issuances", status_code=201, response_model=Entry,
@@ -128,7 +121,7 @@ def issue(
     return run_idempotent(
         request, context, principal, idempotency_key, body,
         lambda: (201, entry_out(
-            issuance.issue(context, _caller_entry(body.entry_id), body.operator, body.amount_fen)
+            issuance.issue(context, body.entry_id, body.operator, body.amount_fen)
         )),
     )
 
@@ -148,7 +141,7 @@ def redeem(
     return run_idempotent(
         request, context, principal, idempotency_key, body,
         lambda: (201, entry_out(
-            issuance.redeem(context, _caller_entry(body.entry_id), body.operator, body.amount_fen)
+            issuance.redeem(context, body.entry_id, body.operator, body.amount_fen)
         )),
     )
 

@@ -33,7 +33,7 @@ from cbdc.domain.errors import (
 )
 from cbdc.domain.messages import forbidden_character
 from cbdc.domain.money import AMOUNT_FEN_MAX, check_amount, format_yuan
-from cbdc.domain.postings import transfer
+from cbdc.domain.postings import check_caller_entry_id, transfer
 from cbdc.services.context import (
     CENTRAL_BANK_CODE,
     ISSUANCE_ACCOUNT_CODE,
@@ -208,8 +208,12 @@ def deposit_reserve(
     amount_fen: int,
     *,
     metadata: dict[str, Any] | None = None,
+    run_entry: bool = False,
 ) -> PostedEntry:
-    """The operator places central-bank money in its reserve account (from outside e-CNY)."""
+    """The operator places central-bank money in its reserve account (from outside e-CNY).
+    ``run_entry``: ``entry_id`` is one an issuance run made (``run:...``), not the caller's."""
+    if not run_entry:
+        check_caller_entry_id(entry_id)
     check_amount(amount_fen)
     with context.write() as connection:
         operator = get_operator(connection, operator_code)
@@ -231,8 +235,12 @@ def issue(
     amount_fen: int,
     *,
     metadata: dict[str, Any] | None = None,
+    run_entry: bool = False,
 ) -> PostedEntry:
-    """Issue e-CNY into the operator's float against its reserve, within its quota."""
+    """Issue e-CNY into the operator's float against its reserve, within its quota.
+    ``run_entry``: as for :func:`deposit_reserve`."""
+    if not run_entry:
+        check_caller_entry_id(entry_id)
     return _convert(context, "issue", entry_id, operator_code, amount_fen, metadata)
 
 
@@ -245,6 +253,7 @@ def redeem(
     metadata: dict[str, Any] | None = None,
 ) -> PostedEntry:
     """Burn e-CNY from the operator's float and release the same amount to its reserve."""
+    check_caller_entry_id(entry_id)
     return _convert(context, "redeem", entry_id, operator_code, amount_fen, metadata)
 
 

@@ -215,7 +215,7 @@ def execute_plan(
             try:
                 issuance.deposit_reserve(
                     context, f"run:{plan.run_id}:reserve:{planned.code}", planned.code,
-                    planned.reserve_fen, metadata={"run_id": plan.run_id},
+                    planned.reserve_fen, metadata={"run_id": plan.run_id}, run_entry=True,
                 )
             except EntryConflict as error:
                 raise _changed_plan(error, plan.run_id) from error
@@ -225,6 +225,7 @@ def execute_plan(
             posted = issuance.issue(
                 context, order.entry_id(plan.run_id), order.operator, order.amount_fen,
                 metadata={"run_id": plan.run_id, "zone": order.zone, "order": order.number},
+                run_entry=True,
             )
         except EntryConflict as error:
             report.failures.append((order, _changed_plan(error, plan.run_id)))
